@@ -1,0 +1,90 @@
+"""Which backend runs an op: names, availability, and the 'auto' choice.
+
+Backends:
+    eager    pure PyTorch written the lecture's way; the parity baseline, always available
+    sdpa     torch.nn.functional.scaled_dot_product_attention (attention only)
+    cpu      hand-written C++ kernels in pygpt._C (CPU tensors)
+    cuda     hand-written CUDA kernels in pygpt._C (CUDA tensors)
+    triton   Triton kernels in pygpt/triton/ (CUDA tensors; CPU only under TRITON_INTERPRET=1)
+    auto     the best fused backend available for the tensors' device
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+from .. import _ext
+
+OPS = ("attention", "layer_norm", "gelu_mlp")
+BACKENDS = ("eager", "sdpa", "cpu", "cuda", "triton", "auto")
+FUSED = ("cpu", "cuda", "triton")
+# 'auto' tries these in order, by device type.
+AUTO_ORDER = {"cuda": ("cuda", "triton"), "cpu": ("cpu",)}
+
+
+class BackendUnavailable(ValueError):
+    """Raised when a backend was asked for that cannot run this op here."""
+
+
+def _triton_reason(op: str, device_type: str) -> str | None:
+    if importlib.util.find_spec("triton") is None:
+        return "Triton is not installed"
+    if importlib.util.find_spec(f"pygpt.triton.{op}") is None:
+        return f"pygpt has no Triton kernel for {op} yet"
+    if device_type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return "Triton kernels need CUDA tensors (or TRITON_INTERPRET=1 on the CPU)"
+    return None
+
+
+def unavailable_reason(op: str, backend: str, device_type: str) -> str | None:
+    """None if `backend` can run `op` on `device_type`, else why not."""
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r}; ops: {', '.join(OPS)}")
+    if backend == "eager":
+        return None
+    if backend == "sdpa":
+        return None if op == "attention" else "sdpa is torch's attention; it has no " + op
+    if backend == "triton":
+        return _triton_reason(op, device_type)
+    if backend in ("cpu", "cuda"):
+        if not _ext.loaded():
+            return f"the C++ extension pygpt._C is not built ({_ext.LOAD_ERROR})"
+        if device_type != backend:
+            return f"the {backend} backend runs on {backend} tensors, these are on {device_type}"
+        if op not in _ext.kernel_ops(backend):
+            return f"pygpt._C has no hand-written {backend} kernel for {op} yet"
+        return None
+    raise ValueError(f"unknown backend {backend!r}; backends: {', '.join(BACKENDS)}")
+
+
+def available_backends(op: str, device_type: str) -> list[str]:
+    return [b for b in BACKENDS[:-1] if unavailable_reason(op, b, device_type) is None]
+
+
+def resolve(op: str, backend: str, device: torch.device | str) -> str:
+    """Turn a requested backend into one that can run `op` on `device`, or raise BackendUnavailable."""
+    device_type = torch.device(device).type
+    if backend not in BACKENDS:
+        raise BackendUnavailable(f"unknown backend {backend!r}; backends: {', '.join(BACKENDS)}")
+    if backend == "auto":
+        reasons = []
+        for b in AUTO_ORDER.get(device_type, ()):
+            why = unavailable_reason(op, b, device_type)
+            if why is None:
+                return b
+            reasons.append(f"{b}: {why}")
+        raise BackendUnavailable(
+            f"no fused backend can run {op} on {device_type}"
+            + (f" ({'; '.join(reasons)})" if reasons else "")
+            + f"; available: {', '.join(available_backends(op, device_type))}"
+        )
+    why = unavailable_reason(op, backend, device_type)
+    if why is not None:
+        raise BackendUnavailable(
+            f"backend {backend!r} cannot run {op} on {device_type}: {why}; "
+            f"available: {', '.join(available_backends(op, device_type))}"
+        )
+    return backend

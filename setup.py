@@ -1,0 +1,127 @@
+"""Build script for pygpt and its C++/CUDA extension ``pygpt._C``.
+
+Install (torch must already be installed, in the build you want):
+
+    pip install torch                       # or the CUDA/CPU wheel of your choice
+    MAX_JOBS=2 pip install --no-build-isolation -e .
+
+Environment switches:
+    PYGPT_NO_EXT=1          skip the extension entirely (pure-Python install)
+    PYGPT_NO_CUDA=1         build the extension CPU-only even if CUDA is available
+    TORCH_CUDA_ARCH_LIST    CUDA architectures to compile for (default "8.0;9.0")
+    CUDA_HOME               CUDA toolkit to use (e.g. /usr/local/cuda)
+"""
+import glob
+import os
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_CUDA_ARCH_LIST = "8.0;9.0"
+
+
+def _env_flag(name):
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def _log(msg):
+    print(f"pygpt: {msg}", file=sys.stderr, flush=True)
+
+
+def _rel(paths):
+    # setuptools wants source paths relative to setup.py.
+    return sorted(os.path.relpath(p, ROOT) for p in paths)
+
+
+def _extension_kwargs():
+    """ext_modules/cmdclass for pygpt._C, or {} for a pure-Python install."""
+    if _env_flag("PYGPT_NO_EXT"):
+        _log("PYGPT_NO_EXT=1: skipping the C++ extension (pure-Python install)")
+        return {}
+
+    try:
+        import torch
+        from torch.utils import cpp_extension
+    except ImportError:
+        sys.exit(
+            "pygpt: PyTorch is not importable, but it is needed to build the C++/CUDA "
+            "extension pygpt._C. Install the torch build you want first (e.g. "
+            "`pip install torch`, or the CUDA/CPU wheel from https://pytorch.org), then "
+            "install pygpt with `pip install --no-build-isolation -e .` -- the "
+            "--no-build-isolation flag matters: pip's default isolated build environment "
+            "hides the torch you installed, and torch is deliberately not a build "
+            "requirement (it would download a multi-GB wheel). To install only the "
+            "pure-Python package, set PYGPT_NO_EXT=1."
+        )
+
+    torch_full = str(torch.__version__)
+    cuda_home = cpp_extension.CUDA_HOME
+    if _env_flag("PYGPT_NO_CUDA"):
+        use_cuda, why = False, "PYGPT_NO_CUDA=1"
+    elif not torch.version.cuda:
+        use_cuda, why = False, f"torch {torch_full} has no CUDA"
+    elif not cuda_home or not os.path.exists(os.path.join(cuda_home, "bin", "nvcc")):
+        use_cuda, why = False, (
+            f"torch {torch_full} has CUDA {torch.version.cuda} but nvcc was not found; "
+            "set CUDA_HOME to the toolkit"
+        )
+    else:
+        use_cuda, why = True, ""
+
+    # Our own code must be warning-free (-Werror); torch's headers are not ours,
+    # so they are demoted to system headers (-isystem wins over -I in gcc/clang).
+    torch_includes = cpp_extension.include_paths("cuda" if use_cuda else "cpu")
+    isystem = [flag for inc in torch_includes for flag in ("-isystem", inc)]
+    defines = [f"-DPYGPT_TORCH_VERSION={torch_full}"]
+    warn = ["-Wall", "-Wextra", "-Werror"]
+    # Our sources are C++17; the -std flag is left to torch.utils.cpp_extension, which
+    # picks what the installed torch's headers need (C++17 on older torch, C++20 on
+    # torch >= 2.14, whose ATen.h refuses to compile as C++17).
+    cxx_flags = ["-O3", *warn, *isystem, *defines]
+
+    sources = glob.glob(os.path.join(ROOT, "csrc", "*.cpp"))
+    sources += glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp"))
+    sources += glob.glob(os.path.join(ROOT, "csrc", "python", "*.cpp"))
+
+    if use_cuda:
+        arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST")
+        if not arch_list:
+            arch_list = os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCH_LIST
+        cu_sources = glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu"))
+        _log(
+            f"building pygpt._C with CUDA {torch.version.cuda} (nvcc in {cuda_home}) "
+            f"for TORCH_CUDA_ARCH_LIST={arch_list}, torch {torch_full}"
+        )
+        ext = cpp_extension.CUDAExtension(
+            name="pygpt._C",
+            sources=_rel(sources + cu_sources),
+            define_macros=[("PYGPT_WITH_CUDA", "1")],
+            extra_compile_args={
+                "cxx": cxx_flags,
+                "nvcc": [
+                    "-O3",
+                    "--expt-relaxed-constexpr",
+                    *isystem,
+                    *defines,
+                    "-Xcompiler=-Wall,-Wextra,-Werror",
+                ],
+            },
+        )
+    else:
+        _log(f"building CPU-only pygpt._C ({why}), torch {torch_full}")
+        ext = cpp_extension.CppExtension(
+            name="pygpt._C",
+            sources=_rel(sources),
+            extra_compile_args={"cxx": cxx_flags},
+        )
+    return {
+        "ext_modules": [ext],
+        "cmdclass": {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    }
+
+
+setup(
+    packages=find_packages(include=["pygpt", "pygpt.*"]),
+    **_extension_kwargs(),
+)

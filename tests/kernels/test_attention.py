@@ -1,0 +1,173 @@
+"""Parity of every attention backend with the float64 reference, forward and all three gradients."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pygpt import ops
+from pygpt.ops.attention import attention_reference, fused_attention
+
+from kernel_parity import (FLOOR, assert_parity, backend_params, max_err, poisoned_empty, randn, ref_dtype,
+                       skip_unless_runnable)
+
+OP = "attention"
+SHAPES = [(T, D) for T in (1, 2, 17, 64, 113, 1023) for D in (40, 64)] + [(113, D) for D in (16, 32, 80, 128)]
+DTYPES = [torch.float32, torch.bfloat16]
+
+
+def run(backend, q, k, v, causal, scale):
+    if backend == "ext":
+        return fused_attention(q, k, v, causal, scale)
+    return ops.attention(q, k, v, causal=causal, scale=scale, backend=backend)
+
+
+def check(backend, q, k, v, causal, gen):
+    """Forward and dq/dk/dv of `backend` against the high-precision reference (flash-attention rule)."""
+    scale = 1.0 / math.sqrt(q.size(-1))
+    dout = randn(*q.shape[:-1], v.size(-1), dtype=q.dtype, device=q.device, gen=gen)
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]  # keeps the caller's strides
+    qk = [t.detach().to(ref_dtype(q.dtype)).requires_grad_() for t in (q, k, v)]
+    lowp = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+
+    with poisoned_empty():
+        out = run(backend, *leaves, causal, scale)
+        out.backward(dout)
+    ref = attention_reference(*qk, causal=causal, scale=scale)
+    ref.backward(dout.to(ref.dtype))
+    low = attention_reference(*lowp, causal=causal, scale=scale)
+    low.backward(dout)
+
+    assert out.dtype == q.dtype
+    assert_parity("out", out, ref, low, 2)
+    for name, a, r, lo in zip(("dq", "dk", "dv"), leaves, qk, lowp):
+        assert_parity(name, a.grad, r.grad, lo.grad, 3)
+
+
+@pytest.mark.parametrize("backend,device", backend_params(OP))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+@pytest.mark.parametrize("T,D", SHAPES)
+def test_parity(backend, device, dtype, causal, T, D, gen):
+    skip_unless_runnable(OP, backend, device)
+    B, H = (1, 3) if T > 512 else (2, 3)
+    q, k, v = (randn(B, H, T, D, dtype=dtype, device=device, gen=gen) for _ in range(3))
+    check(backend, q, k, v, causal, gen)
+
+
+@pytest.mark.parametrize("backend,device", backend_params(OP))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("B,H,T", [(1, 1, 1), (3, 5, 33), (5, 1, 64)])
+def test_odd_batch_and_heads(backend, device, dtype, B, H, T, gen):
+    skip_unless_runnable(OP, backend, device)
+    q, k, v = (randn(B, H, T, 32, dtype=dtype, device=device, gen=gen) for _ in range(3))
+    check(backend, q, k, v, True, gen)
+
+
+@pytest.mark.parametrize("backend,device", backend_params(OP))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("Tq,Tk", [(17, 113), (64, 1), (1, 64), (113, 17)])
+def test_cross_attention(backend, device, dtype, Tq, Tk, gen):
+    skip_unless_runnable(OP, backend, device)
+    q = randn(2, 3, Tq, 64, dtype=dtype, device=device, gen=gen)
+    k, v = (randn(2, 3, Tk, 64, dtype=dtype, device=device, gen=gen) for _ in range(2))
+    check(backend, q, k, v, False, gen)
+
+
+@pytest.mark.parametrize("backend,device", backend_params(OP))
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+def test_non_contiguous_qkv_views(backend, device, causal, gen):
+    """q, k, v as the model makes them: head-transposed views of one fused (B, T, 3·C) projection."""
+    skip_unless_runnable(OP, backend, device)
+    B, T, H, D = 2, 113, 3, 40
+    qkv = randn(B, T, 3, H, D, dtype=torch.float32, device=device, gen=gen)
+    q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
+    assert not q.is_contiguous()
+    check(backend, q, k, v, causal, gen)
+
+
+@pytest.mark.parametrize("backend,device", backend_params(OP, ["cpu", "cuda", "triton", "ext"]))
+def test_deterministic_forward(backend, device, gen):
+    skip_unless_runnable(OP, backend, device)
+    q, k, v = (randn(2, 3, 113, 64, dtype=torch.float32, device=device, gen=gen) for _ in range(3))
+    a = run(backend, q, k, v, True, 0.125)
+    b = run(backend, q, k, v, True, 0.125)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend,device", backend_params(OP, ["cpu", "cuda", "triton"]))
+def test_fused_backends_reject_dropout(backend, device, gen):
+    skip_unless_runnable(OP, backend, device)
+    q = randn(1, 1, 4, 16, dtype=torch.float32, device=device, gen=gen)
+    with pytest.raises(ValueError, match="dropout"):
+        ops.attention(q, q, q, dropout_p=0.1, backend=backend)
+
+
+# -- the extension op itself: opcheck, fp64 gradcheck, the C++ boundary -----------------------------
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("causal,Tq,Tk", [(True, 17, 17), (False, 5, 9), (True, 1, 1)])
+def test_opcheck(device, causal, Tq, Tk, gen):
+    skip_unless_runnable(OP, "ext", device)
+    dtype = torch.float32
+    q = randn(2, 3, Tq, 16, dtype=dtype, device=device, requires_grad=True, gen=gen)
+    k, v = (randn(2, 3, Tk, 16, dtype=dtype, device=device, requires_grad=True, gen=gen) for _ in range(2))
+    torch.library.opcheck(torch.ops.pygpt.attention_fwd.default, (q, k, v, causal, 0.25))
+    out, lse = torch.ops.pygpt.attention_fwd(q.detach(), k.detach(), v.detach(), causal, 0.25)
+    dout = torch.randn_like(out)
+    torch.library.opcheck(torch.ops.pygpt.attention_bwd.default, (dout, q.detach(), k.detach(), v.detach(), out, lse, causal, 0.25))
+
+
+@pytest.mark.parametrize("causal,Tq,Tk", [(True, 6, 6), (False, 3, 7), (True, 1, 1)])
+def test_gradcheck_fp64(causal, Tq, Tk, gen):
+    skip_unless_runnable(OP, "ext", "cpu")
+    q = randn(1, 2, Tq, 8, dtype=torch.float64, device="cpu", requires_grad=True, gen=gen)
+    k, v = (randn(1, 2, Tk, 8, dtype=torch.float64, device="cpu", requires_grad=True, gen=gen) for _ in range(2))
+    assert torch.autograd.gradcheck(lambda a, b, c: fused_attention(a, b, c, causal, 0.3), (q, k, v))
+
+
+def test_lse_is_logsumexp(gen):
+    skip_unless_runnable(OP, "ext", "cpu")
+    q, k, v = (randn(2, 2, 9, 16, dtype=torch.float64, device="cpu", gen=gen) for _ in range(3))
+    _, lse = torch.ops.pygpt.attention_fwd(q, k, v, True, 0.25)
+    s = (q @ k.transpose(-2, -1)) * 0.25
+    s = s.masked_fill(~torch.ones(9, 9, dtype=torch.bool).tril(), float("-inf"))
+    assert max_err(lse, torch.logsumexp(s, -1)) < FLOOR[torch.float64]
+
+
+def test_cpp_boundary_errors(gen):
+    skip_unless_runnable(OP, "ext", "cpu")
+    q = randn(2, 3, 8, 16, dtype=torch.float32, device="cpu", gen=gen)
+    f = torch.ops.pygpt.attention_fwd
+    with pytest.raises(RuntimeError, match="4-D"):
+        f(q[0], q[0], q[0], True, 0.25)
+    with pytest.raises(RuntimeError, match="dtype|Double|Float"):
+        f(q, q.double(), q, True, 0.25)
+    with pytest.raises(RuntimeError, match="Tq|Tk|causal"):
+        f(q, q[:, :, :5], q[:, :, :5], True, 0.25)
+    with pytest.raises(RuntimeError, match="scale"):
+        f(q, q, q, True, float("nan"))
+
+
+# -- the Python boundary ----------------------------------------------------------------------------
+
+
+def test_python_boundary_errors(gen):
+    q = randn(2, 3, 8, 16, dtype=torch.float32, device="cpu", gen=gen)
+    with pytest.raises(ValueError, match=r"q must be 4-D .* got shape \(3, 8, 16\)"):
+        ops.attention(q[0], q, q)
+    with pytest.raises(ValueError, match="share a dtype"):
+        ops.attention(q, q.double(), q)
+    with pytest.raises(ValueError, match="Tq=8, Tk=5"):
+        ops.attention(q, q[:, :, :5], q[:, :, :5], causal=True)
+    with pytest.raises(ValueError, match="D=16"):
+        ops.attention(q, q[..., :8], q[..., :8], causal=False)
+    with pytest.raises(ValueError, match="scale .* inf"):
+        ops.attention(q, q, q, scale=float("inf"))
+    with pytest.raises(ValueError, match="dropout_p .* 1.5"):
+        ops.attention(q, q, q, dropout_p=1.5)
+    with pytest.raises(ops.BackendUnavailable, match="unknown backend 'flash'"):
+        ops.attention(q, q, q, backend="flash")

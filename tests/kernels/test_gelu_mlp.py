@@ -1,0 +1,117 @@
+"""Parity of every gelu_mlp backend with the float64 reference: output and the five gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pygpt import ops
+from pygpt.ops.gelu_mlp import fused_gelu_mlp, gelu_mlp_reference
+
+from kernel_parity import assert_parity, backend_params, poisoned_empty, randn, ref_dtype, skip_unless_runnable
+
+OP = "gelu_mlp"
+DTYPES = [torch.float32, torch.bfloat16]
+
+
+def run(backend, x, w1, b1, w2, b2, approximate):
+    if backend == "ext":
+        return fused_gelu_mlp(x, w1, b1, w2, b2, approximate)
+    return ops.gelu_mlp(x, w1, b1, w2, b2, approximate=approximate, backend=backend)
+
+
+def make(lead, C, Hd, dtype, device, gen, bias=True):
+    s1, s2 = C ** -0.5, Hd ** -0.5  # nn.Linear-like scales keep the activations O(1)
+    return (
+        randn(*lead, C, dtype=dtype, device=device, gen=gen),
+        randn(Hd, C, dtype=dtype, device=device, gen=gen, scale=s1),
+        randn(Hd, dtype=dtype, device=device, gen=gen, scale=0.5) if bias else None,
+        randn(C, Hd, dtype=dtype, device=device, gen=gen, scale=s2),
+        randn(C, dtype=dtype, device=device, gen=gen, scale=0.5) if bias else None,
+    )
+
+
+def check(backend, args, approximate, gen):
+    x = args[0]
+    dout = randn(*x.shape, dtype=x.dtype, device=x.device, gen=gen)
+
+    def leaves(cast=None):
+        return [None if t is None else (t.detach().to(cast) if cast else t.detach()).requires_grad_() for t in args]
+
+    mine, hi, low = leaves(), leaves(ref_dtype(x.dtype)), leaves()
+    with poisoned_empty():
+        out = run(backend, *mine, approximate)
+        out.backward(dout)
+    ref = gelu_mlp_reference(*hi, approximate)
+    ref.backward(dout.to(ref.dtype))
+    lo = gelu_mlp_reference(*low, approximate)
+    lo.backward(dout)
+    assert out.dtype == x.dtype
+    assert_parity("out", out, ref, lo, 2)
+    for name, a, r, l in zip(("dx", "dw_fc", "db_fc", "dw_proj", "db_proj"), mine, hi, low):
+        if a is not None:
+            assert_parity(name, a.grad, r.grad, l.grad, 3)
+
+
+@pytest.mark.parametrize("backend,device", backend_params(OP))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("approximate", ["tanh", "none"])
+@pytest.mark.parametrize("lead,C", [((1,), 1), ((2, 17), 64), ((3, 113), 40), ((1, 64), 128), ((97,), 80)])
+def test_parity(backend, device, dtype, approximate, lead, C, gen):
+    skip_unless_runnable(OP, backend, device)
+    check(backend, make(lead, C, 4 * C, dtype, device, gen), approximate, gen)
+
+
+@pytest.mark.parametrize("backend,device", backend_params(OP))
+def test_no_bias_odd_hidden_and_non_contiguous(backend, device, gen):
+    skip_unless_runnable(OP, backend, device)
+    x, w1, _, w2, _ = make((5, 33), 48, 100, torch.float32, device, gen, bias=False)
+    wide = randn(5, 33, 96, dtype=torch.float32, device=device, gen=gen)
+    x = wide[..., ::2]  # a strided view
+    assert not x.is_contiguous()
+    check(backend, (x, w1, None, w2, None), "tanh", gen)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("approximate", ["tanh", "none"])
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+def test_opcheck(device, approximate, bias, gen):
+    skip_unless_runnable(OP, "ext", device)
+    args = [t.requires_grad_() if t is not None else None for t in make((3, 7), 24, 40, torch.float32, device, gen, bias)]
+    torch.library.opcheck(torch.ops.pygpt.gelu_mlp_fwd.default, (*args, approximate))
+    x, w1, b1, w2, b2 = (t.detach() if t is not None else None for t in args)
+    out, pre = torch.ops.pygpt.gelu_mlp_fwd(x, w1, b1, w2, b2, approximate)
+    torch.library.opcheck(torch.ops.pygpt.gelu_mlp_bwd.default, (torch.randn_like(out), x, pre, w1, w2, approximate))
+
+
+@pytest.mark.parametrize("approximate", ["tanh", "none"])
+def test_gradcheck_fp64(approximate, gen):
+    skip_unless_runnable(OP, "ext", "cpu")
+    args = [t.requires_grad_() for t in make((2, 3), 5, 12, torch.float64, "cpu", gen)]
+    assert torch.autograd.gradcheck(lambda *a: fused_gelu_mlp(*a, approximate), args)
+
+
+def test_cpp_boundary_errors(gen):
+    skip_unless_runnable(OP, "ext", "cpu")
+    x, w1, b1, w2, b2 = make((4,), 8, 32, torch.float32, "cpu", gen)
+    f = torch.ops.pygpt.gelu_mlp_fwd
+    with pytest.raises(RuntimeError, match="approximate"):
+        f(x, w1, b1, w2, b2, "sigmoid")
+    with pytest.raises(RuntimeError, match="w_fc"):
+        f(x, w1[:, :5], b1, w2, b2, "tanh")
+    with pytest.raises(RuntimeError, match="w_proj"):
+        f(x, w1, b1, w2[:, :7], b2, "tanh")
+
+
+def test_python_boundary_errors(gen):
+    x, w1, b1, w2, b2 = make((4,), 8, 32, torch.float32, "cpu", gen)
+    with pytest.raises(ValueError, match="approximate must be 'tanh' or 'none', got 'sigmoid'"):
+        ops.gelu_mlp(x, w1, b1, w2, b2, approximate="sigmoid")
+    with pytest.raises(ValueError, match=r"w_fc must be \(hidden, 8\)"):
+        ops.gelu_mlp(x, w1[:, :5], b1, w2, b2)
+    with pytest.raises(ValueError, match=r"w_proj must be \(8, 32\)"):
+        ops.gelu_mlp(x, w1, b1, w2.t(), b2)
+    with pytest.raises(ValueError, match=r"b_fc must be \(32,\)"):
+        ops.gelu_mlp(x, w1, b2, w2, b2)
+    with pytest.raises(ValueError, match="w_fc is torch.float64"):
+        ops.gelu_mlp(x, w1.double(), b1, w2, b2)
