@@ -11,7 +11,6 @@ Read top to bottom:
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import asdict, dataclass, fields
 
@@ -311,17 +310,6 @@ class GPT(nn.Module):
             # targets of -1 are ignored (masked positions, e.g. a prompt the model should not learn)
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
         return logits, loss
-
-    def configure_optimizer(self, weight_decay, learning_rate, betas, device_type):
-        """AdamW; weight decay on matrices (matmul weights, embeddings), none on biases and LN gains."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        extra = {}
-        if device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters:
-            extra["fused"] = True
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):

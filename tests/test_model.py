@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from pygpt import ops
+from pygpt.train import configure_optimizer
 from pygpt.model import (
     GPT,
     BigramLanguageModel,
@@ -339,7 +340,7 @@ def test_training_smoke():
     m = GPT(tiny_config(vocab_size=32, block_size=16, n_layer=2, n_head=2, n_embd=32)).train()
     x = torch.randint(32, (4, 16))
     y = torch.randint(32, (4, 16))
-    opt = m.configure_optimizer(weight_decay=0.1, learning_rate=3e-3, betas=(0.9, 0.95), device_type="cpu")
+    opt = configure_optimizer(m, weight_decay=0.1, learning_rate=3e-3, betas=(0.9, 0.95), device_type="cpu")
     losses = []
     for _ in range(30):
         _, loss = m(x, y)
@@ -354,7 +355,7 @@ def test_training_smoke():
 
 def test_configure_optimizer_groups():
     m = tiny_gpt()
-    opt = m.configure_optimizer(weight_decay=0.1, learning_rate=1e-3, betas=(0.9, 0.95), device_type="cpu")
+    opt = configure_optimizer(m, weight_decay=0.1, learning_rate=1e-3, betas=(0.9, 0.95), device_type="cpu")
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
