@@ -207,3 +207,23 @@ def test_sample_bad_input(data_dir, tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     r = pygpt("pygpt.sample", "--ckpt", str(tmp_path / "bad.pt"), check=False)
     assert r.returncode == 2 and "cannot read checkpoint" in r.stderr
+
+
+def test_fused_training_matches_eager(data_dir, tmp_path):
+    """200 steps of shakespeare-cpu on the fused CPU kernels track eager step by step (fp32, dropout 0)."""
+    from pygpt import ops
+
+    missing = [op for op in ops.OPS if "cpu" not in ops.available_backends(op, "cpu")]
+    if missing:
+        pytest.skip(f"no fused CPU kernel yet for {', '.join(missing)}")
+    common = ["pygpt.train", "--preset", "shakespeare-cpu", "--data", data_dir, "--device", "cpu", "--max-iters", "200",
+              "--eval-interval", "200", "--eval-iters", "1", "--log-interval", "1", "--sample-tokens", "0",
+              "--dropout", "0"]
+    pygpt(*common, "--out-dir", str(tmp_path / "eager"), "--backend", "eager")
+    r = pygpt(*common, "--out-dir", str(tmp_path / "fused"), "--fused")
+    assert "backend auto" in r.stdout
+    eager = [x["loss"] for x in log_records(tmp_path / "eager") if "loss" in x]
+    fused = [x["loss"] for x in log_records(tmp_path / "fused") if "loss" in x]
+    assert len(eager) == len(fused) == 200
+    worst = max(abs(a - b) for a, b in zip(eager, fused))
+    assert worst < 1e-3, f"largest per-step loss difference {worst:.2e}"
