@@ -8,11 +8,4 @@
 
 __version__ = "0.1.0"
 
-
-def info() -> str:
-    """Print and return a report of versions, the C++ extension's build and backend availability."""
-    from .info import report
-
-    text = report()
-    print(text)
-    return text
+from . import info  # noqa: E402  (a callable module: pygpt.info() prints the report)

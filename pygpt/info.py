@@ -8,6 +8,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import types
 
 import torch
 
@@ -91,6 +92,19 @@ def report(info: dict | None = None) -> str:
 def main(argv=None) -> int:
     print(report())
     return 0
+
+
+class _CallableModule(types.ModuleType):
+    """`pygpt.info` is this module (for `python -m pygpt.info`) and also callable: `pygpt.info()`
+    prints the report and returns it."""
+
+    def __call__(self) -> str:
+        text = report()
+        print(text)
+        return text
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 
 if __name__ == "__main__":
