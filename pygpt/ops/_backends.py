@@ -49,6 +49,14 @@ def unavailable_reason(op: str, backend: str, device_type: str) -> str | None:
         return None if op == "attention" else "sdpa is torch's attention; it has no " + op
     if backend == "triton":
         return _triton_reason(op, device_type)
+    if backend == "auto":
+        reasons = []
+        for b in AUTO_ORDER.get(device_type, ()):
+            why = unavailable_reason(op, b, device_type)
+            if why is None:
+                return None
+            reasons.append(f"{b}: {why}")
+        return f"no fused backend can run {op} on {device_type}" + (f" ({'; '.join(reasons)})" if reasons else "")
     if backend in ("cpu", "cuda"):
         if not _ext.loaded():
             return f"the C++ extension pygpt._C is not built ({_ext.LOAD_ERROR})"
@@ -70,17 +78,10 @@ def resolve(op: str, backend: str, device: torch.device | str) -> str:
     if backend not in BACKENDS:
         raise BackendUnavailable(f"unknown backend {backend!r}; backends: {', '.join(BACKENDS)}")
     if backend == "auto":
-        reasons = []
-        for b in AUTO_ORDER.get(device_type, ()):
-            why = unavailable_reason(op, b, device_type)
-            if why is None:
-                return b
-            reasons.append(f"{b}: {why}")
-        raise BackendUnavailable(
-            f"no fused backend can run {op} on {device_type}"
-            + (f" ({'; '.join(reasons)})" if reasons else "")
-            + f"; available: {', '.join(available_backends(op, device_type))}"
-        )
+        why = unavailable_reason(op, "auto", device_type)
+        if why is not None:
+            raise BackendUnavailable(f"{why}; available: {', '.join(available_backends(op, device_type))}")
+        return next(b for b in AUTO_ORDER[device_type] if unavailable_reason(op, b, device_type) is None)
     why = unavailable_reason(op, backend, device_type)
     if why is not None:
         raise BackendUnavailable(
