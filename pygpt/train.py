@@ -308,6 +308,9 @@ def main(argv=None) -> int:
                     ops.resolve(op, "auto", device)
                 except ops.BackendUnavailable as e:
                     raise ValueError(f"--fused: {e}") from None
+            if cfg.dropout > 0:
+                raise ValueError(f"--fused: the fused attention kernels have no dropout yet; pass --dropout 0 "
+                                 f"(got {cfg.dropout}) or train without --fused")
     if init is not None:
         checkpoint.load_weights(model, init["model"], args.init_from)
     if state is not None:
