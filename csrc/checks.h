@@ -134,9 +134,19 @@ inline void check_attention_bwd_inputs(const at::Tensor& grad_out, const at::Ten
   check_same_device(op, "grad_out", grad_out, "q", q);
   check_same_device(op, "out", out, "q", q);
   check_same_device(op, "lse", lse, "q", q);
-  check_dtype_supported(op, "grad_out", grad_out);
-  check_dtype_supported(op, "out", out);
-  check_dtype_supported(op, "lse", lse);
+  check_same_dtype(op, "grad_out", grad_out, "q", q);
+  check_same_dtype(op, "out", out, "q", q);
+  const at::ScalarType lse_dtype = acc_dtype(q.scalar_type());
+  TORCH_CHECK(lse.scalar_type() == lse_dtype, op, ": lse must be ", dtype_name(lse_dtype),
+              " for ", dtype_name(q.scalar_type()), " inputs (as attention_fwd returns it), got ",
+              dtype_name(lse.scalar_type()));
+}
+
+// A device kernel's limit on the head dim D (e.g. register/L1 tiles sized for D <= 256).
+inline void check_attention_head_dim_max(const char* op, int64_t D, int64_t max_D,
+                                         const char* kernel) {
+  TORCH_CHECK(D <= max_D, op, ": head dim D=", D, " exceeds the ", kernel, "'s maximum of ",
+              max_D);
 }
 
 // layer_norm over the last dim C. Returns C.

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -171,3 +175,92 @@ def test_python_boundary_errors(gen):
         ops.attention(q, q, q, dropout_p=1.5)
     with pytest.raises(ops.BackendUnavailable, match="unknown backend 'flash'"):
         ops.attention(q, q, q, backend="flash")
+
+
+# -- the CPU kernel's own limits and code paths ------------------------------------------------------
+
+
+def test_cpu_head_dim_limit(gen):
+    """D=256 is the largest head dim the CPU kernel takes (forward and backward); D=257 is refused
+    at the C++ boundary with a message naming D."""
+    skip_unless_runnable(OP, "cpu", "cpu")
+    q, k, v = (randn(1, 2, 37, 256, dtype=torch.float32, device="cpu", gen=gen) for _ in range(3))
+    check("cpu", q, k, v, True, gen)
+    big = randn(1, 1, 4, 257, dtype=torch.float32, device="cpu", gen=gen)
+    with pytest.raises(RuntimeError, match="head dim D=257 exceeds the CPU kernel's maximum of 256"):
+        torch.ops.pygpt.attention_fwd(big, big, big, False, 0.125)
+    out = torch.zeros_like(big)
+    lse = torch.zeros(1, 1, 4)
+    with pytest.raises(RuntimeError, match="head dim D=257"):
+        torch.ops.pygpt.attention_bwd(big, big, big, big, out, lse, False, 0.125)
+
+
+def test_cpp_boundary_errors_bwd(gen):
+    skip_unless_runnable(OP, "ext", "cpu")
+    q = randn(2, 3, 8, 16, dtype=torch.float32, device="cpu", gen=gen)
+    out, lse = torch.ops.pygpt.attention_fwd(q, q, q, True, 0.25)
+    f = torch.ops.pygpt.attention_bwd
+    with pytest.raises(RuntimeError, match=r"lse must have shape"):
+        f(out, q, q, q, out, lse[..., :4], True, 0.25)
+    with pytest.raises(RuntimeError, match=r"lse must be float32 .* got float64"):
+        f(out, q, q, q, out, lse.double(), True, 0.25)
+    with pytest.raises(RuntimeError, match=r"grad_out must have shape"):
+        f(out[:, :, :4], q, q, q, out, lse, True, 0.25)
+
+
+@pytest.mark.parametrize("causal,Tq,Tk", [(True, 200, 200), (False, 70, 150)])
+def test_cpu_backward_schemes_agree(causal, Tq, Tk, gen):
+    """The backward runs per (b, h) when there are enough heads for the threads, and as two passes
+    (dK/dV over key tiles, dQ over query tiles) otherwise; both must give the same gradients bit for
+    bit (deterministic and independent of the thread count)."""
+    skip_unless_runnable(OP, "cpu", "cpu")
+    q = randn(1, 2, Tq, 48, dtype=torch.float32, device="cpu", gen=gen)
+    k, v = (randn(1, 2, Tk, 48, dtype=torch.float32, device="cpu", gen=gen) for _ in range(2))
+    out, lse = torch.ops.pygpt.attention_fwd(q, k, v, causal, 0.2)
+    dout = randn(*out.shape, dtype=torch.float32, device="cpu", gen=gen)
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # B*H = 2 >= 2 threads: per-head scheme
+        a = torch.ops.pygpt.attention_bwd(dout, q, k, v, out, lse, causal, 0.2)
+        torch.set_num_threads(2)  # B*H = 2 < 4: two-pass scheme
+        b = torch.ops.pygpt.attention_bwd(dout, q, k, v, out, lse, causal, 0.2)
+    finally:
+        torch.set_num_threads(prev)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+
+
+_BASELINE_ISA_SCRIPT = """
+import torch
+from pygpt.ops.attention import attention_reference, fused_attention
+g = torch.Generator().manual_seed(0)
+for causal, Tq, Tk, D, dt in [(True, 77, 77, 40, torch.float32), (False, 33, 70, 64, torch.float32),
+                              (True, 65, 65, 32, torch.bfloat16)]:
+    q = torch.randn(2, 2, Tq, D, generator=g).to(dt).requires_grad_()
+    k, v = (torch.randn(2, 2, Tk, D, generator=g).to(dt).requires_grad_() for _ in range(2))
+    ref = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    out = fused_attention(q, k, v, causal, 0.2)
+    dout = torch.randn(out.shape, generator=g).to(dt)
+    out.backward(dout)
+    r = attention_reference(*ref, causal=causal, scale=0.2)
+    r.backward(dout.double())
+    tol = 1e-5 if dt == torch.float32 else 5e-2
+    for a, b in [(out, r)] + [(x.grad, y.grad) for x, y in zip((q, k, v), ref)]:
+        err = (a.double() - b).abs().max().item()
+        assert err < tol * max(1.0, b.abs().max().item()), (causal, Tq, Tk, D, dt, err)
+print("ok")
+"""
+
+
+def test_cpu_baseline_isa_path():
+    """The kernel is compiled twice (baseline x86-64 and AVX2+FMA, picked at run time); with torch
+    pinned to ATEN_CPU_CAPABILITY=default it must take, and pass on, the baseline build."""
+    skip_unless_runnable(OP, "cpu", "cpu")
+    import pygpt
+
+    env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
+    root = str(Path(pygpt.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    res = subprocess.run([sys.executable, "-c", _BASELINE_ISA_SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stdout + res.stderr
