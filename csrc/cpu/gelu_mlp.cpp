@@ -95,6 +95,14 @@ constexpr double kInvSqrt2Pi = 0.3989422804014327;  // 1/sqrt(2 pi)
 
 // ---- float: vectorisable elementwise math ----------------------------------
 
+// GCC only if-converts (and so vectorises) the selects below when it may assume that
+// float compares/arithmetic do not trap; -ftrapping-math is its default, so turn it
+// off for these few functions only. Clang assumes no traps by default.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC optimize("no-trapping-math")
+#endif
+
 // exp(x) for float, branch-free (clamped to the normal range), ~1 ulp.
 static inline float exp_f(float x) {
   x = x < 88.3762626647949f ? x : 88.3762626647949f;
@@ -172,6 +180,10 @@ static void gelu_bwd_row(const float* __restrict p, float* __restrict a, float* 
     }
   }
 }
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
+#endif
 
 // ---- double: exact scalar math ---------------------------------------------
 
