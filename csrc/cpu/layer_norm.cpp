@@ -59,7 +59,6 @@
 
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -77,232 +76,239 @@ namespace {
 
 constexpr int64_t kGrainElems = 16384;  // elements per parallel task (forward)
 constexpr int64_t kMaxChunks = 64;      // fixed row chunks of the backward reduction
+constexpr int64_t kLanes = 16;          // independent accumulators per sum (2 AVX2 registers)
 
-// Sum of v[0..n) with 4 vector accumulators, reduced in a fixed order.
-template <typename acc_t>
-inline acc_t row_sum(const acc_t* v, int64_t n) {
-  using Vec = at::vec::Vectorized<acc_t>;
-  constexpr int64_t W = Vec::size();
-  Vec a0(0), a1(0), a2(0), a3(0);
+// The extension is compiled for the baseline ISA (no -mavx2), where ATen's at::vec::Vectorized
+// is only its generic array fallback. So the row loops are plain branch-free loops over
+// kLanes-wide blocks, which GCC/Clang vectorise (checked with -fopt-info-vec), and the
+// functions that hold them are compiled twice, for AVX2 and for the baseline, with the
+// right clone picked at load time (target_clones; Linux x86-64 only).
+#if defined(__x86_64__) && defined(__linux__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define PYGPT_LN_CLONES __attribute__((target_clones("avx2", "default")))
+#endif
+#endif
+#ifndef PYGPT_LN_CLONES
+#define PYGPT_LN_CLONES
+#endif
+#define PYGPT_LN_INLINE inline __attribute__((always_inline))
+
+// Sum of v[0..n) in kLanes partial sums combined in a fixed order (thread-count independent).
+template <typename T>
+PYGPT_LN_INLINE T row_sum(const T* __restrict v, int64_t n) {
+  T acc[kLanes] = {};
   int64_t j = 0;
-  for (; j + 4 * W <= n; j += 4 * W) {
-    a0 += Vec::loadu(v + j);
-    a1 += Vec::loadu(v + j + W);
-    a2 += Vec::loadu(v + j + 2 * W);
-    a3 += Vec::loadu(v + j + 3 * W);
-  }
-  for (; j + W <= n; j += W) a0 += Vec::loadu(v + j);
-  a0 = (a0 + a1) + (a2 + a3);
-  acc_t lanes[W];
-  a0.store(lanes);
-  acc_t s = 0;
-  for (int64_t l = 0; l < W; ++l) s += lanes[l];
+  for (; j + kLanes <= n; j += kLanes)
+    for (int64_t l = 0; l < kLanes; ++l) acc[l] += v[j + l];
+  T s = 0;
+  for (int64_t l = 0; l < kLanes; ++l) s += acc[l];
   for (; j < n; ++j) s += v[j];
   return s;
 }
 
-// Sum of (v - m)^2 over v[0..n).
-template <typename acc_t>
-inline acc_t row_sqdev(const acc_t* v, int64_t n, acc_t m) {
-  using Vec = at::vec::Vectorized<acc_t>;
-  constexpr int64_t W = Vec::size();
-  const Vec mv(m);
-  Vec a0(0), a1(0), a2(0), a3(0);
+// Sum of (v - m)^2 over v[0..n): the second pass of the two-pass variance.
+template <typename T>
+PYGPT_LN_INLINE T row_sqdev(const T* __restrict v, int64_t n, T m) {
+  T acc[kLanes] = {};
   int64_t j = 0;
-  for (; j + 4 * W <= n; j += 4 * W) {
-    Vec d0 = Vec::loadu(v + j) - mv, d1 = Vec::loadu(v + j + W) - mv;
-    Vec d2 = Vec::loadu(v + j + 2 * W) - mv, d3 = Vec::loadu(v + j + 3 * W) - mv;
-    a0 += d0 * d0;
-    a1 += d1 * d1;
-    a2 += d2 * d2;
-    a3 += d3 * d3;
-  }
-  for (; j + W <= n; j += W) {
-    Vec d = Vec::loadu(v + j) - mv;
-    a0 += d * d;
-  }
-  a0 = (a0 + a1) + (a2 + a3);
-  acc_t lanes[W];
-  a0.store(lanes);
-  acc_t s = 0;
-  for (int64_t l = 0; l < W; ++l) s += lanes[l];
+  for (; j + kLanes <= n; j += kLanes)
+    for (int64_t l = 0; l < kLanes; ++l) {
+      const T d = v[j + l] - m;
+      acc[l] += d * d;
+    }
+  T s = 0;
+  for (int64_t l = 0; l < kLanes; ++l) s += acc[l];
   for (; j < n; ++j) s += (v[j] - m) * (v[j] - m);
   return s;
 }
 
-// out = (v - m) * rs * w (+ b); out may alias v.
-template <typename acc_t>
-inline void normalize_row(const acc_t* v, const acc_t* w, const acc_t* b, acc_t m, acc_t rs,
-                          acc_t* out, int64_t n) {
-  using Vec = at::vec::Vectorized<acc_t>;
-  constexpr int64_t W = Vec::size();
-  const Vec mv(m), rv(rs);
-  int64_t j = 0;
+// out = (v - m) * rs * w (+ b); out must not alias v.
+template <typename T>
+PYGPT_LN_INLINE void normalize_row(const T* __restrict v, const T* __restrict w,
+                                   const T* __restrict b, T m, T rs, T* __restrict out,
+                                   int64_t n) {
   if (b != nullptr) {
-    for (; j + W <= n; j += W) {
-      Vec y = (Vec::loadu(v + j) - mv) * rv * Vec::loadu(w + j) + Vec::loadu(b + j);
-      y.store(out + j);
-    }
-    for (; j < n; ++j) out[j] = (v[j] - m) * rs * w[j] + b[j];
+    for (int64_t j = 0; j < n; ++j) out[j] = (v[j] - m) * rs * w[j] + b[j];
   } else {
-    for (; j + W <= n; j += W) {
-      Vec y = (Vec::loadu(v + j) - mv) * rv * Vec::loadu(w + j);
-      y.store(out + j);
-    }
-    for (; j < n; ++j) out[j] = (v[j] - m) * rs * w[j];
+    for (int64_t j = 0; j < n; ++j) out[j] = (v[j] - m) * rs * w[j];
   }
 }
 
 template <typename scalar_t, typename acc_t>
-void layer_norm_fwd_kernel(const scalar_t* x, const scalar_t* res, const acc_t* w,
-                           const acc_t* b, scalar_t* y, scalar_t* h, acc_t* mean, acc_t* rstd,
-                           int64_t N, int64_t C, acc_t eps) {
-  using Vec = at::vec::Vectorized<acc_t>;
-  constexpr int64_t W = Vec::size();
+struct FwdArgs {
+  const scalar_t* x;
+  const scalar_t* res;  // nullable
+  const acc_t* w;
+  const acc_t* b;  // nullable
+  scalar_t* y;
+  scalar_t* h;  // nullable (no residual)
+  acc_t* mean;
+  acc_t* rstd;
+  int64_t C;
+  acc_t eps;
+};
+
+// Rows [begin, end) of the forward. buf, obuf: C-element scratch rows.
+template <typename scalar_t, typename acc_t>
+PYGPT_LN_CLONES void layer_norm_fwd_rows(const FwdArgs<scalar_t, acc_t>& a, int64_t begin,
+                                         int64_t end, acc_t* __restrict buf,
+                                         acc_t* __restrict obuf) {
   constexpr bool kFull = std::is_same_v<scalar_t, acc_t>;  // fp32 / fp64: no conversions
-  const int64_t grain = std::max<int64_t>(1, kGrainElems / C);
-  at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> buf(static_cast<size_t>(C));
-    acc_t* bp = buf.data();
-    for (int64_t i = begin; i < end; ++i) {
-      const scalar_t* xr = x + i * C;
-      const acc_t* v = bp;  // the row of h as stored, in acc_t
-      if (res != nullptr) {
-        const scalar_t* rr = res + i * C;
-        scalar_t* hr = h + i * C;
-        if constexpr (kFull) {
-          int64_t j = 0;
-          for (; j + W <= C; j += W) {
-            Vec hv = Vec::loadu(xr + j) + Vec::loadu(rr + j);
-            hv.store(hr + j);
-            hv.store(bp + j);
-          }
-          for (; j < C; ++j) bp[j] = hr[j] = xr[j] + rr[j];
-        } else {
-          for (int64_t j = 0; j < C; ++j) {
-            const scalar_t hv = static_cast<scalar_t>(static_cast<acc_t>(xr[j]) +
-                                                      static_cast<acc_t>(rr[j]));
-            hr[j] = hv;
-            bp[j] = static_cast<acc_t>(hv);
-          }
-        }
-      } else if constexpr (kFull) {
-        v = reinterpret_cast<const acc_t*>(xr);
-      } else {
-        for (int64_t j = 0; j < C; ++j) bp[j] = static_cast<acc_t>(xr[j]);
-      }
-      const acc_t m = row_sum(v, C) / static_cast<acc_t>(C);
-      const acc_t var = row_sqdev(v, C, m) / static_cast<acc_t>(C);
-      const acc_t rs = acc_t(1) / std::sqrt(var + eps);
-      mean[i] = m;
-      rstd[i] = rs;
-      scalar_t* yr = y + i * C;
+  const int64_t C = a.C;
+  for (int64_t i = begin; i < end; ++i) {
+    const scalar_t* __restrict xr = a.x + i * C;
+    const acc_t* v = buf;  // the row of h as stored, in acc_t
+    if (a.res != nullptr) {
+      const scalar_t* __restrict rr = a.res + i * C;
+      scalar_t* __restrict hr = a.h + i * C;
       if constexpr (kFull) {
-        normalize_row(v, w, b, m, rs, reinterpret_cast<acc_t*>(yr), C);
+        for (int64_t j = 0; j < C; ++j) {
+          const acc_t hv = xr[j] + rr[j];
+          hr[j] = hv;
+          buf[j] = hv;
+        }
       } else {
-        normalize_row(v, w, b, m, rs, bp, C);
-        for (int64_t j = 0; j < C; ++j) yr[j] = static_cast<scalar_t>(bp[j]);
+        for (int64_t j = 0; j < C; ++j) {
+          const scalar_t hv = static_cast<scalar_t>(static_cast<acc_t>(xr[j]) +
+                                                    static_cast<acc_t>(rr[j]));
+          hr[j] = hv;
+          buf[j] = static_cast<acc_t>(hv);
+        }
       }
+    } else if constexpr (kFull) {
+      v = reinterpret_cast<const acc_t*>(xr);
+    } else {
+      for (int64_t j = 0; j < C; ++j) buf[j] = static_cast<acc_t>(xr[j]);
     }
+    const acc_t m = row_sum(v, C) / static_cast<acc_t>(C);
+    const acc_t var = row_sqdev(v, C, m) / static_cast<acc_t>(C);
+    const acc_t rs = acc_t(1) / std::sqrt(var + a.eps);
+    a.mean[i] = m;
+    a.rstd[i] = rs;
+    scalar_t* __restrict yr = a.y + i * C;
+    if constexpr (kFull) {
+      normalize_row(v, a.w, a.b, m, rs, reinterpret_cast<acc_t*>(yr), C);
+    } else {
+      normalize_row(v, a.w, a.b, m, rs, obuf, C);
+      for (int64_t j = 0; j < C; ++j) yr[j] = static_cast<scalar_t>(obuf[j]);
+    }
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+void layer_norm_fwd_kernel(const FwdArgs<scalar_t, acc_t>& a, int64_t N) {
+  const int64_t grain = std::max<int64_t>(1, kGrainElems / a.C);
+  at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> buf(static_cast<size_t>(2 * a.C));
+    layer_norm_fwd_rows<scalar_t, acc_t>(a, begin, end, buf.data(), buf.data() + a.C);
   });
 }
 
 template <typename scalar_t, typename acc_t>
-void layer_norm_bwd_kernel(const scalar_t* dy, const scalar_t* dh, const scalar_t* h,
-                           const acc_t* w, const acc_t* mean, const acc_t* rstd, scalar_t* dx,
-                           acc_t* dw_part, acc_t* db_part, int64_t N, int64_t C,
-                           int64_t rows_per_chunk, int64_t n_chunks) {
-  using Vec = at::vec::Vectorized<acc_t>;
-  constexpr int64_t W = Vec::size();
+struct BwdArgs {
+  const scalar_t* dy;
+  const scalar_t* dh;  // nullable
+  const scalar_t* h;
+  const acc_t* w;
+  const acc_t* mean;
+  const acc_t* rstd;
+  scalar_t* dx;
+  acc_t* dw_part;  // [chunks, C], zero-initialised
+  acc_t* db_part;
+  int64_t N, C, rows_per_chunk;
+};
+
+// Row chunks [cbegin, cend) of the backward. hbuf, gbuf, obuf: C-element scratch rows.
+template <typename scalar_t, typename acc_t>
+PYGPT_LN_CLONES void layer_norm_bwd_chunks(const BwdArgs<scalar_t, acc_t>& a, int64_t cbegin,
+                                           int64_t cend, acc_t* __restrict hbuf,
+                                           acc_t* __restrict gbuf, acc_t* __restrict obuf) {
   constexpr bool kFull = std::is_same_v<scalar_t, acc_t>;
+  const int64_t C = a.C;
   const acc_t invC = acc_t(1) / static_cast<acc_t>(C);
-  at::parallel_for(0, n_chunks, 1, [&](int64_t cbegin, int64_t cend) {
-    std::vector<acc_t> hbuf(kFull ? 0 : static_cast<size_t>(C));
-    std::vector<acc_t> gbuf(kFull ? 0 : static_cast<size_t>(C));
-    std::vector<acc_t> obuf(kFull ? 0 : static_cast<size_t>(C));
-    for (int64_t c = cbegin; c < cend; ++c) {
-      acc_t* dwp = dw_part + c * C;
-      acc_t* dbp = db_part + c * C;
-      const int64_t rend = std::min(N, (c + 1) * rows_per_chunk);
-      for (int64_t i = c * rows_per_chunk; i < rend; ++i) {
-        const acc_t* hv;
-        const acc_t* gv;
-        if constexpr (kFull) {
-          hv = reinterpret_cast<const acc_t*>(h + i * C);
-          gv = reinterpret_cast<const acc_t*>(dy + i * C);
+  const acc_t* __restrict w = a.w;
+  for (int64_t c = cbegin; c < cend; ++c) {
+    acc_t* __restrict dwp = a.dw_part + c * C;
+    acc_t* __restrict dbp = a.db_part + c * C;
+    const int64_t rend = std::min(a.N, (c + 1) * a.rows_per_chunk);
+    for (int64_t i = c * a.rows_per_chunk; i < rend; ++i) {
+      const acc_t* __restrict hv;
+      const acc_t* __restrict gv;
+      if constexpr (kFull) {
+        hv = reinterpret_cast<const acc_t*>(a.h + i * C);
+        gv = reinterpret_cast<const acc_t*>(a.dy + i * C);
+      } else {
+        const scalar_t* __restrict hr = a.h + i * C;
+        const scalar_t* __restrict gr = a.dy + i * C;
+        for (int64_t j = 0; j < C; ++j) {
+          hbuf[j] = static_cast<acc_t>(hr[j]);
+          gbuf[j] = static_cast<acc_t>(gr[j]);
+        }
+        hv = hbuf;
+        gv = gbuf;
+      }
+      const acc_t m = a.mean[i], rs = a.rstd[i];
+      // pass 1: sum(g), sum(g * xhat) with g = dy * w; this chunk's partial dweight / dbias
+      acc_t sg[kLanes] = {}, sgx[kLanes] = {};
+      int64_t j = 0;
+      for (; j + kLanes <= C; j += kLanes)
+        for (int64_t l = 0; l < kLanes; ++l) {
+          const acc_t d = gv[j + l];
+          const acc_t xh = (hv[j + l] - m) * rs;
+          const acc_t g = d * w[j + l];
+          sg[l] += g;
+          sgx[l] += g * xh;
+          dwp[j + l] += d * xh;
+          dbp[j + l] += d;
+        }
+      acc_t sum_g = 0, sum_gx = 0;
+      for (int64_t l = 0; l < kLanes; ++l) {
+        sum_g += sg[l];
+        sum_gx += sgx[l];
+      }
+      for (; j < C; ++j) {
+        const acc_t d = gv[j];
+        const acc_t xh = (hv[j] - m) * rs;
+        const acc_t g = d * w[j];
+        sum_g += g;
+        sum_gx += g * xh;
+        dwp[j] += d * xh;
+        dbp[j] += d;
+      }
+      const acc_t ga = sum_g * invC, gb = sum_gx * invC;
+      // pass 2: grad_x = rstd * (g - mean(g) - xhat * mean(g xhat)) (+ grad_h)
+      if constexpr (kFull) {
+        acc_t* __restrict out = reinterpret_cast<acc_t*>(a.dx + i * C);
+        if (a.dh != nullptr) {
+          const acc_t* __restrict dhr = reinterpret_cast<const acc_t*>(a.dh + i * C);
+          for (int64_t k = 0; k < C; ++k)
+            out[k] = rs * (gv[k] * w[k] - ga - (hv[k] - m) * rs * gb) + dhr[k];
         } else {
-          for (int64_t j = 0; j < C; ++j) {
-            hbuf[j] = static_cast<acc_t>(h[i * C + j]);
-            gbuf[j] = static_cast<acc_t>(dy[i * C + j]);
-          }
-          hv = hbuf.data();
-          gv = gbuf.data();
+          for (int64_t k = 0; k < C; ++k)
+            out[k] = rs * (gv[k] * w[k] - ga - (hv[k] - m) * rs * gb);
         }
-        const acc_t m = mean[i], rs = rstd[i];
-        const Vec mv(m), rv(rs);
-        // pass 1: sum(g), sum(g * xhat); partial dweight / dbias of this chunk
-        Vec sg(0), sgx(0);
-        int64_t j = 0;
-        for (; j + W <= C; j += W) {
-          const Vec d = Vec::loadu(gv + j);
-          const Vec xh = (Vec::loadu(hv + j) - mv) * rv;
-          const Vec g = d * Vec::loadu(w + j);
-          sg += g;
-          sgx += g * xh;
-          (Vec::loadu(dwp + j) + d * xh).store(dwp + j);
-          (Vec::loadu(dbp + j) + d).store(dbp + j);
-        }
-        acc_t lanes_g[W], lanes_gx[W];
-        sg.store(lanes_g);
-        sgx.store(lanes_gx);
-        acc_t sum_g = 0, sum_gx = 0;
-        for (int64_t l = 0; l < W; ++l) {
-          sum_g += lanes_g[l];
-          sum_gx += lanes_gx[l];
-        }
-        for (; j < C; ++j) {
-          const acc_t d = gv[j];
-          const acc_t xh = (hv[j] - m) * rs;
-          const acc_t g = d * w[j];
-          sum_g += g;
-          sum_gx += g * xh;
-          dwp[j] += d * xh;
-          dbp[j] += d;
-        }
-        const acc_t a = sum_g * invC, bc = sum_gx * invC;
-        // pass 2: grad_x = rstd * (g - a - xhat * bc) (+ grad_h)
-        acc_t* out = kFull ? reinterpret_cast<acc_t*>(dx + i * C) : obuf.data();
-        const Vec av(a), bv(bc);
-        j = 0;
-        for (; j + W <= C; j += W) {
-          const Vec xh = (Vec::loadu(hv + j) - mv) * rv;
-          const Vec g = Vec::loadu(gv + j) * Vec::loadu(w + j);
-          Vec o = rv * (g - av - xh * bv);
-          if constexpr (kFull) {
-            if (dh != nullptr) o += Vec::loadu(reinterpret_cast<const acc_t*>(dh + i * C) + j);
-          }
-          o.store(out + j);
-        }
-        for (; j < C; ++j) {
-          const acc_t xh = (hv[j] - m) * rs;
-          acc_t o = rs * (gv[j] * w[j] - a - xh * bc);
-          if constexpr (kFull) {
-            if (dh != nullptr) o += static_cast<acc_t>(dh[i * C + j]);
-          }
-          out[j] = o;
-        }
-        if constexpr (!kFull) {
-          scalar_t* dxr = dx + i * C;
-          if (dh != nullptr) {
-            const scalar_t* dhr = dh + i * C;
-            for (int64_t k = 0; k < C; ++k)
-              dxr[k] = static_cast<scalar_t>(out[k] + static_cast<acc_t>(dhr[k]));
-          } else {
-            for (int64_t k = 0; k < C; ++k) dxr[k] = static_cast<scalar_t>(out[k]);
-          }
+      } else {
+        for (int64_t k = 0; k < C; ++k)
+          obuf[k] = rs * (gv[k] * w[k] - ga - (hv[k] - m) * rs * gb);
+        scalar_t* __restrict dxr = a.dx + i * C;
+        if (a.dh != nullptr) {
+          const scalar_t* __restrict dhr = a.dh + i * C;
+          for (int64_t k = 0; k < C; ++k)
+            dxr[k] = static_cast<scalar_t>(obuf[k] + static_cast<acc_t>(dhr[k]));
+        } else {
+          for (int64_t k = 0; k < C; ++k) dxr[k] = static_cast<scalar_t>(obuf[k]);
         }
       }
     }
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+void layer_norm_bwd_kernel(const BwdArgs<scalar_t, acc_t>& a, int64_t n_chunks) {
+  at::parallel_for(0, n_chunks, 1, [&](int64_t cbegin, int64_t cend) {
+    std::vector<acc_t> buf(static_cast<size_t>(3 * a.C));
+    layer_norm_bwd_chunks<scalar_t, acc_t>(a, cbegin, cend, buf.data(), buf.data() + a.C,
+                                           buf.data() + 2 * a.C);
   });
 }
 
@@ -339,14 +345,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_fwd_cpu(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "layer_norm_fwd_cpu",
                                   [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    layer_norm_fwd_kernel<scalar_t, acc_t>(
+    FwdArgs<scalar_t, acc_t> args{
         xc.const_data_ptr<scalar_t>(),
         residual.has_value() ? rc.const_data_ptr<scalar_t>() : nullptr,
-        wc.const_data_ptr<acc_t>(), bias.has_value() ? bc.const_data_ptr<acc_t>() : nullptr,
+        wc.const_data_ptr<acc_t>(),
+        bias.has_value() ? bc.const_data_ptr<acc_t>() : nullptr,
         y.mutable_data_ptr<scalar_t>(),
         residual.has_value() ? h.mutable_data_ptr<scalar_t>() : nullptr,
-        mean.mutable_data_ptr<acc_t>(), rstd.mutable_data_ptr<acc_t>(), N, C,
-        static_cast<acc_t>(eps));
+        mean.mutable_data_ptr<acc_t>(),
+        rstd.mutable_data_ptr<acc_t>(),
+        C,
+        static_cast<acc_t>(eps)};
+    layer_norm_fwd_kernel<scalar_t, acc_t>(args, N);
   });
   return {y, h, mean, rstd};
 }
@@ -376,13 +386,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd_cpu(
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "layer_norm_bwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    layer_norm_bwd_kernel<scalar_t, acc_t>(
-        gyc.const_data_ptr<scalar_t>(),
-        grad_h.has_value() ? ghc.const_data_ptr<scalar_t>() : nullptr,
-        hc.const_data_ptr<scalar_t>(), wc.const_data_ptr<acc_t>(), mc.const_data_ptr<acc_t>(),
-        sc.const_data_ptr<acc_t>(), grad_x.mutable_data_ptr<scalar_t>(),
-        dw_part.mutable_data_ptr<acc_t>(), db_part.mutable_data_ptr<acc_t>(), N, C,
-        rows_per_chunk, n_chunks);
+    BwdArgs<scalar_t, acc_t> args{gyc.const_data_ptr<scalar_t>(),
+                                  grad_h.has_value() ? ghc.const_data_ptr<scalar_t>() : nullptr,
+                                  hc.const_data_ptr<scalar_t>(),
+                                  wc.const_data_ptr<acc_t>(),
+                                  mc.const_data_ptr<acc_t>(),
+                                  sc.const_data_ptr<acc_t>(),
+                                  grad_x.mutable_data_ptr<scalar_t>(),
+                                  dw_part.mutable_data_ptr<acc_t>(),
+                                  db_part.mutable_data_ptr<acc_t>(),
+                                  N,
+                                  C,
+                                  rows_per_chunk};
+    layer_norm_bwd_kernel<scalar_t, acc_t>(args, n_chunks);
     reduce_chunks<acc_t>(dw_part.const_data_ptr<acc_t>(), dw.mutable_data_ptr<acc_t>(), n_chunks,
                          C);
     reduce_chunks<acc_t>(db_part.const_data_ptr<acc_t>(), db.mutable_data_ptr<acc_t>(), n_chunks,
