@@ -46,8 +46,8 @@
 //                exp with erfc.
 //   The per-row loops are plain, branch-free float code that GCC
 //   auto-vectorises (checked with -fopt-info-vec: the gelu loops are
-//   vectorised; the extension is built without -mavx2, so that is SSE, 4
-//   lanes). double: std::tanh / std::erfc / std::exp, scalar, exact (the fp64
+//   vectorised). The extension is built without -mavx2, so the row functions
+//   are target_clones("avx2", "default"): 8 lanes where the CPU has AVX2. double: std::tanh / std::erfc / std::exp, scalar, exact (the fp64
 //   path is for gradcheck, not speed).
 //
 // Dtypes: float32 and float64 compute in their own dtype, GEMMs included.
@@ -98,13 +98,24 @@ constexpr double kInvSqrt2Pi = 0.3989422804014327;  // 1/sqrt(2 pi)
 // GCC only if-converts (and so vectorises) the selects below when it may assume that
 // float compares/arithmetic do not trap; -ftrapping-math is its default, so turn it
 // off for these few functions only. Clang assumes no traps by default.
+// Built for the baseline ISA (no -mavx2), so the row functions are compiled twice,
+// for AVX2 and the baseline, and the clone is picked at load time (Linux x86-64).
+#if defined(__x86_64__) && defined(__linux__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define PYGPT_MLP_CLONES __attribute__((target_clones("avx2", "default")))
+#endif
+#endif
+#ifndef PYGPT_MLP_CLONES
+#define PYGPT_MLP_CLONES
+#endif
+
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC push_options
 #pragma GCC optimize("no-trapping-math")
 #endif
 
 // exp(x) for float, branch-free (clamped to the normal range), ~1 ulp.
-static inline float exp_f(float x) {
+inline __attribute__((always_inline)) float exp_f(float x) {
   x = x < 88.3762626647949f ? x : 88.3762626647949f;
   x = x > -87.3365447505531f ? x : -87.3365447505531f;
   // n = round(x / ln2) by the 1.5 * 2^23 trick (no -ffast-math, so it is kept)
@@ -127,7 +138,7 @@ static inline float exp_f(float x) {
 
 // a = gelu(p) over a row of n floats.
 template <bool kTanh>
-static void gelu_fwd_row(const float* __restrict p, float* __restrict a, int64_t n) {
+PYGPT_MLP_CLONES void gelu_fwd_row(const float* __restrict p, float* __restrict a, int64_t n) {
   if constexpr (kTanh) {
     for (int64_t j = 0; j < n; ++j) {
       const float x = p[j];
@@ -151,7 +162,7 @@ static void gelu_fwd_row(const float* __restrict p, float* __restrict a, int64_t
 
 // a = gelu(p); d = d * gelu'(p)  (d: dact in, dpre out) over a row of n floats.
 template <bool kTanh>
-static void gelu_bwd_row(const float* __restrict p, float* __restrict a, float* __restrict d,
+PYGPT_MLP_CLONES void gelu_bwd_row(const float* __restrict p, float* __restrict a, float* __restrict d,
                          int64_t n) {
   if constexpr (kTanh) {
     for (int64_t j = 0; j < n; ++j) {
