@@ -115,3 +115,92 @@ def test_python_boundary_errors(gen):
         ops.gelu_mlp(x, w1, b2, w2, b2)
     with pytest.raises(ValueError, match="w_fc is torch.float64"):
         ops.gelu_mlp(x, w1.double(), b1, w2, b2)
+
+
+# --------------------------------------------------------------------------- kernel-specific checks
+
+
+@pytest.mark.parametrize("backend,device", backend_params(OP))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64], ids=str)
+@pytest.mark.parametrize("approximate", ["tanh", "none"])
+def test_parity_fp16_fp64(backend, device, dtype, approximate, gen):
+    skip_unless_runnable(OP, backend, device)
+    check(backend, make((3, 41), 64, 256, dtype, device, gen), approximate, gen)
+
+
+@pytest.mark.parametrize("approximate", ["tanh", "none"])
+def test_gelu_math_over_a_wide_range(approximate):
+    """Identity weights expose the kernel's own GELU and GELU' (hand-written exp/erfc on the CPU)
+    over [-12, 12] and at extreme values; each must be as accurate as eager float32 + a few ulp."""
+    skip_unless_runnable(OP, "ext", "cpu")
+    F = torch.nn.functional
+    x = torch.cat([torch.linspace(-12, 12, 20001), torch.tensor([-1e4, -100.0, -30.0, 0.0, 1e-30, 30.0, 100.0, 1e4])])
+    x = x.reshape(-1, 1)
+    one = torch.ones(1, 1)
+    out, pre = torch.ops.pygpt.gelu_mlp_fwd(x, one, None, one, None, approximate)
+    gx, *_ = torch.ops.pygpt.gelu_mlp_bwd(torch.ones_like(x), x, pre, one, one, approximate)
+    xd = x.double().requires_grad_()
+    ref = F.gelu(xd, approximate=approximate)
+    ref.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(gx).all()
+    assert ((out.double() - ref.detach()).abs() / ref.detach().abs().clamp_min(1)).max() < 5e-7
+    assert (gx.double() - xd.grad).abs().max() < 5e-7
+
+
+def test_db_fc_deterministic_across_thread_counts(gen):
+    skip_unless_runnable(OP, "ext", "cpu")
+    x, w1, b1, w2, b2 = make((700,), 16, 64, torch.float32, "cpu", gen)
+    out, pre = torch.ops.pygpt.gelu_mlp_fwd(x, w1, b1, w2, b2, "tanh")
+    dout = torch.randn_like(out)
+    prev = torch.get_num_threads()
+    dbs = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            dbs.append(torch.ops.pygpt.gelu_mlp_bwd(dout, x, pre, w1, w2, "tanh")[2])
+    finally:
+        torch.set_num_threads(prev)
+    assert all(torch.equal(dbs[0], d) for d in dbs[1:])
+
+
+def test_bf16_pre_is_rounded_once_and_consistent(gen):
+    """bf16: pre is x.w_fc^T + b_fc rounded once to bf16; out is computed from that stored pre."""
+    skip_unless_runnable(OP, "ext", "cpu")
+    F = torch.nn.functional
+    x, w1, b1, w2, b2 = make((9, 5), 32, 128, torch.bfloat16, "cpu", gen)
+    out, pre = torch.ops.pygpt.gelu_mlp_fwd(x, w1, b1, w2, b2, "none")
+    assert out.dtype == pre.dtype == torch.bfloat16 and pre.shape == (9, 5, 128)
+    pre_ref = F.linear(x.double(), w1.double(), b1.double())
+    assert (pre.double() - pre_ref).abs().max() <= 2 ** -8 * pre_ref.abs().max() + 1e-6
+    out_ref = F.linear(F.gelu(pre.double(), approximate="none"), w2.double(), b2.double())
+    assert (out.double() - out_ref).abs().max() <= 2 ** -8 * out_ref.abs().max() + 1e-4
+
+
+def test_empty_rows():
+    skip_unless_runnable(OP, "ext", "cpu")
+    x = torch.empty(0, 8)
+    w1, w2, b1, b2 = torch.randn(32, 8), torch.randn(8, 32), torch.randn(32), torch.randn(8)
+    out, pre = torch.ops.pygpt.gelu_mlp_fwd(x, w1, b1, w2, b2, "tanh")
+    assert out.shape == (0, 8) and pre.shape == (0, 32)
+    gx, gw1, gb1, gw2, gb2 = torch.ops.pygpt.gelu_mlp_bwd(out, x, pre, w1, w2, "tanh")
+    assert gx.shape == (0, 8) and torch.equal(gb1, torch.zeros(32)) and torch.equal(gw1, torch.zeros(32, 8))
+
+
+def test_cpp_boundary_errors_more(gen):
+    skip_unless_runnable(OP, "ext", "cpu")
+    x, w1, b1, w2, b2 = make((4,), 8, 32, torch.float32, "cpu", gen)
+    f = torch.ops.pygpt.gelu_mlp_fwd
+    with pytest.raises(RuntimeError, match="b_proj must have shape"):
+        f(x, w1, b1, w2, b1, "tanh")
+    with pytest.raises(RuntimeError, match="dtype mismatch: b_fc is float64 but x is float32"):
+        f(x, w1, b1.double(), w2, b2, "tanh")
+    with pytest.raises(RuntimeError, match="unsupported dtype int64 for x"):
+        f(x.long(), w1.long(), None, w2.long(), None, "tanh")
+    out, pre = f(x, w1, b1, w2, b2, "tanh")
+    g = torch.ops.pygpt.gelu_mlp_bwd
+    with pytest.raises(RuntimeError, match="pre must have shape"):
+        g(out, x, pre[:, :16], w1, w2, "tanh")
+    with pytest.raises(RuntimeError, match="grad_out must have shape"):
+        g(out[:2], x, pre, w1, w2, "tanh")
+    with pytest.raises(RuntimeError, match="dtype mismatch: pre is bfloat16 but x is float32"):
+        g(out, x, pre.bfloat16(), w1, w2, "tanh")

@@ -144,3 +144,108 @@ def test_python_boundary_errors(gen):
         ops.layer_norm(x, w, eps=-1)
     with pytest.raises(ValueError, match="sdpa is torch's attention"):
         ops.layer_norm(x, w, backend="sdpa")
+
+
+# --------------------------------------------------------------------------- kernel-specific checks
+
+
+@pytest.mark.parametrize("backend,device", backend_params(OP))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64], ids=str)
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("C", (7, 768, 1000))
+def test_parity_fp16_fp64(backend, device, dtype, residual, C, gen):
+    skip_unless_runnable(OP, backend, device)
+    x = randn(3, 37, C, dtype=dtype, device=device, gen=gen, scale=2.0) + 3.0
+    w = randn(C, dtype=dtype, device=device, gen=gen)
+    b = randn(C, dtype=dtype, device=device, gen=gen)
+    r = randn(3, 37, C, dtype=dtype, device=device, gen=gen) if residual else None
+    check(backend, x, w, b, r, gen)
+
+
+@pytest.mark.parametrize("backend,device", backend_params(OP, ["cpu", "cuda", "ext"]))
+def test_large_mean_statistics(backend, device, gen):
+    """Rows with |mean| >> std: a one-pass E[h^2] - E[h]^2 variance would cancel catastrophically."""
+    skip_unless_runnable(OP, backend, device)
+    x = randn(16, 1000, dtype=torch.float32, device=device, gen=gen) + 1e4
+    w = torch.ones(1000, device=device)
+    y, h, mean, rstd = torch.ops.pygpt.layer_norm_fwd(x, None, w, None, 1e-5)
+    xd = x.double()
+    torch.testing.assert_close(mean.double(), xd.mean(-1), rtol=1e-6, atol=0)
+    torch.testing.assert_close(rstd.double(), 1 / torch.sqrt(xd.var(-1, unbiased=False) + 1e-5), rtol=1e-3, atol=0)
+    assert (y.double().std(-1) - 1).abs().max() < 1e-2
+
+
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+def test_statistics_of_rounded_h(residual, gen):
+    """bf16: h is rounded to bf16, and y / mean / rstd are those of that rounded h."""
+    skip_unless_runnable(OP, "ext", "cpu")
+    x = randn(5, 300, dtype=torch.bfloat16, device="cpu", gen=gen, scale=3.0) + 2.0
+    r = randn(5, 300, dtype=torch.bfloat16, device="cpu", gen=gen) if residual else None
+    w = randn(300, dtype=torch.float32, device="cpu", gen=gen)  # weight in another dtype is allowed
+    y, h, mean, rstd = torch.ops.pygpt.layer_norm_fwd(x, r, w, None, 1e-5)
+    hh = h if residual else x
+    if residual:
+        assert h.dtype == torch.bfloat16
+        assert torch.equal(h, (x.float() + r.float()).to(torch.bfloat16))
+    hf = hh.float()
+    torch.testing.assert_close(mean, hf.mean(-1), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(rstd, 1 / torch.sqrt(hf.var(-1, unbiased=False) + 1e-5), rtol=1e-5, atol=0)
+    y_ref = ((hf - mean[:, None]) * rstd[:, None] * w).to(torch.bfloat16)
+    assert (y.float() - y_ref.float()).abs().max() <= 2 ** -7 * y_ref.float().abs().max()
+    gy = randn(5, 300, dtype=torch.bfloat16, device="cpu", gen=gen)
+    _, gw, gb = torch.ops.pygpt.layer_norm_bwd(gy, None, hh, w, mean, rstd)
+    assert gw.dtype == torch.float32 and gb.dtype == torch.float32
+
+
+def test_backward_deterministic_across_thread_counts(gen):
+    """dweight/dbias use a fixed row chunking: bitwise the same for 1 and 2 threads."""
+    skip_unless_runnable(OP, "ext", "cpu")
+    x = randn(1000, 96, dtype=torch.float32, device="cpu", gen=gen)
+    w = randn(96, dtype=torch.float32, device="cpu", gen=gen)
+    gy = randn(1000, 96, dtype=torch.float32, device="cpu", gen=gen)
+    gh = randn(1000, 96, dtype=torch.float32, device="cpu", gen=gen)
+    _, _, mean, rstd = torch.ops.pygpt.layer_norm_fwd(x, None, w, None, 1e-5)
+    prev = torch.get_num_threads()
+    outs = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            outs.append(torch.ops.pygpt.layer_norm_bwd(gy, gh, x, w, mean, rstd))
+    finally:
+        torch.set_num_threads(prev)
+    for o in outs[1:]:
+        for a, b in zip(outs[0], o):
+            assert torch.equal(a, b)
+
+
+def test_empty_rows():
+    skip_unless_runnable(OP, "ext", "cpu")
+    x = torch.empty(0, 8)
+    w = torch.ones(8)
+    y, h, mean, rstd = torch.ops.pygpt.layer_norm_fwd(x, x, w, w, 1e-5)
+    assert y.shape == (0, 8) and h.shape == (0, 8) and mean.shape == (0,) and rstd.shape == (0,)
+    gx, gw, gb = torch.ops.pygpt.layer_norm_bwd(x, None, x, w, mean, rstd)
+    assert gx.shape == (0, 8) and torch.equal(gw, torch.zeros(8)) and torch.equal(gb, torch.zeros(8))
+
+
+def test_cpp_boundary_errors_more(gen):
+    skip_unless_runnable(OP, "ext", "cpu")
+    x = randn(4, 8, dtype=torch.float32, device="cpu", gen=gen)
+    w = randn(8, dtype=torch.float32, device="cpu", gen=gen)
+    f = torch.ops.pygpt.layer_norm_fwd
+    with pytest.raises(RuntimeError, match="eps must be finite"):
+        f(x, None, w, None, float("inf"))
+    with pytest.raises(RuntimeError, match="dtype mismatch: residual is float64 but x is float32"):
+        f(x, x.double(), w, None, 1e-5)
+    with pytest.raises(RuntimeError, match="dtype mismatch: bias is float64 but weight is float32"):
+        f(x, None, w, w.double(), 1e-5)
+    with pytest.raises(RuntimeError, match="non-empty last dimension"):
+        f(torch.empty(4, 0), None, torch.empty(0), None, 1e-5)
+    y, _, mean, rstd = f(x, None, w, None, 1e-5)
+    b = torch.ops.pygpt.layer_norm_bwd
+    with pytest.raises(RuntimeError, match="mean must have shape"):
+        b(y, None, x, w, mean[:3], rstd)
+    with pytest.raises(RuntimeError, match="grad_h must have shape"):
+        b(y, y[:2], x, w, mean, rstd)
+    with pytest.raises(RuntimeError, match="grad_y must have shape"):
+        b(y[:, :4], None, x, w, mean, rstd)
