@@ -8,4 +8,12 @@
 
 __version__ = "0.1.0"
 
-from . import info  # noqa: E402  (a callable module: pygpt.info() prints the report)
+
+def __getattr__(name):
+    # `pygpt.info` is a callable module (pygpt/info.py): pygpt.info() prints the report, and
+    # `python -m pygpt.info` runs it; imported lazily so that -m does not find it half-imported.
+    if name == "info":
+        import importlib
+
+        return importlib.import_module(".info", __name__)
+    raise AttributeError(f"module 'pygpt' has no attribute {name!r}")

@@ -36,7 +36,7 @@ def kernel_ops(device_type: str) -> frozenset:
     The extension always registers the op schemas; until a kernel lands, the CPU entry behind a
     schema is a placeholder and is not listed here, so its backend stays unavailable.
     """
-    info = build_info()
-    if info is None:
-        return frozenset()
-    return frozenset(info.get("kernels", {}).get(device_type, []))
+    return _KERNELS.get(device_type, frozenset())
+
+
+_KERNELS = {dev: frozenset(names) for dev, names in build_info()["kernels"].items()} if _C is not None else {}

@@ -41,6 +41,13 @@ def _triton_reason(op: str, device_type: str) -> str | None:
 
 def unavailable_reason(op: str, backend: str, device_type: str) -> str | None:
     """None if `backend` can run `op` on `device_type`, else why not."""
+    key = (op, backend, device_type)
+    if key not in _REASONS:
+        _REASONS[key] = _reason(op, backend, device_type)
+    return _REASONS[key]
+
+
+def _reason(op: str, backend: str, device_type: str) -> str | None:
     if op not in OPS:
         raise ValueError(f"unknown op {op!r}; ops: {', '.join(OPS)}")
     if backend == "eager":
@@ -73,8 +80,28 @@ def available_backends(op: str, device_type: str) -> list[str]:
 
 
 def resolve(op: str, backend: str, device: torch.device | str) -> str:
-    """Turn a requested backend into one that can run `op` on `device`, or raise BackendUnavailable."""
-    device_type = torch.device(device).type
+    """Turn a requested backend into one that can run `op` on `device`, or raise BackendUnavailable.
+
+    Called on every op call, also inside torch.compile'd code: for the usual devices the answer is
+    a lookup in a table filled at import (availability cannot change within a process)."""
+    device_type = device.type if isinstance(device, torch.device) else torch.device(device).type
+    found = _RESOLVED.get((op, backend, device_type))
+    if found is None:
+        found = _RESOLVED[(op, backend, device_type)] = _resolve_or_message(op, backend, device_type)
+    name, message = found
+    if message is not None:
+        raise BackendUnavailable(message)
+    return name
+
+
+def _resolve_or_message(op, backend, device_type):
+    try:
+        return _resolve(op, backend, device_type), None
+    except BackendUnavailable as e:
+        return None, str(e)
+
+
+def _resolve(op: str, backend: str, device_type: str) -> str:
     if backend not in BACKENDS:
         raise BackendUnavailable(f"unknown backend {backend!r}; backends: {', '.join(BACKENDS)}")
     if backend == "auto":
@@ -89,3 +116,12 @@ def resolve(op: str, backend: str, device: torch.device | str) -> str:
             f"available: {', '.join(available_backends(op, device_type))}"
         )
     return backend
+
+
+# Availability depends only on what is installed and built, so it is computed once per process.
+_REASONS: dict = {}
+_RESOLVED: dict = {}
+for _dev in ("cpu", "cuda"):
+    for _op in OPS:
+        for _b in BACKENDS:
+            _RESOLVED[(_op, _b, _dev)] = _resolve_or_message(_op, _b, _dev)
