@@ -81,7 +81,10 @@ def _extension_kwargs():
     # Our sources are C++17; the -std flag is left to torch.utils.cpp_extension, which
     # picks what the installed torch's headers need (C++17 on older torch, C++20 on
     # torch >= 2.14, whose ATen.h refuses to compile as C++17).
-    cxx_flags = ["-O3", *warn, *isystem, *defines]
+    # -fopenmp: at::parallel_for is an inline template that runs SERIALLY unless the including
+    # file is compiled with OpenMP (ATen/ParallelOpenMP.h); libgomp.so.1 resolves to torch's own.
+    openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
+    cxx_flags = ["-O3", *openmp, *warn, *isystem, *defines]
 
     sources = glob.glob(os.path.join(ROOT, "csrc", "*.cpp"))
     sources += glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp"))
@@ -100,6 +103,7 @@ def _extension_kwargs():
             name="pygpt._C",
             sources=_rel(sources + cu_sources),
             define_macros=[("PYGPT_WITH_CUDA", "1")],
+            extra_link_args=openmp,
             extra_compile_args={
                 "cxx": cxx_flags,
                 "nvcc": [
@@ -117,6 +121,7 @@ def _extension_kwargs():
             name="pygpt._C",
             sources=_rel(sources),
             extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=openmp,
         )
     return {
         "ext_modules": [ext],

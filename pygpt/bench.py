@@ -281,6 +281,11 @@ def backend_fn(op, backend):
     return lambda *a: (ops.gelu_mlp(*a, backend=backend),)
 
 
+def torch_layer_norm(x, w, b, res):
+    h = x + res
+    return torch.nn.functional.layer_norm(h, (h.size(-1),), w, b, 1e-5), h
+
+
 def compiled_fn(op):
     ref = torch.compile(REFERENCES[op], dynamic=False)
     if op == "attention":
@@ -315,6 +320,8 @@ def bench_op(args, dev, dtype):
                   for b in available}
     for b, why in unavailable.items():
         contenders[b] = {"name": b, "kind": "backend", "available": False, "note": why}
+    if op == "layer_norm":  # what a PyTorch user writes: the residual add, then F.layer_norm
+        contenders["torch"] = {"name": "torch", "kind": "x + residual, then F.layer_norm", "available": True, "note": None}
     contenders["compile"] = {"name": "compile", "kind": "torch.compile(eager reference)", "available": args.compile,
                              "note": None if args.compile else "skipped (--no-compile)"}
     if args.backends is not None:
@@ -344,6 +351,8 @@ def bench_op(args, dev, dtype):
             if name == "compile":
                 torch._dynamo.reset()  # a fresh, static-shape compile per T (no recompile limits)
                 fn = compiled_fn(op)
+            elif name == "torch":
+                fn = torch_layer_norm
             else:
                 fn = backend_fn(op, name)
             for mode in args.modes:
@@ -383,7 +392,7 @@ def bench_op(args, dev, dtype):
                 print(f"  {name:<8} {mode:<7} T={T:<5} median {med * 1e3:9.3f} ms  ({len(times)} reps)", file=sys.stderr)
             del fn
         del inputs, grads
-    add_ratios(measurements, [n for n in ("eager", "sdpa", "compile") if n in contenders])
+    add_ratios(measurements, [n for n in ("eager", "sdpa", "torch", "compile") if n in contenders])
     return list(contenders.values()), measurements
 
 

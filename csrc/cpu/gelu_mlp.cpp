@@ -47,7 +47,7 @@
 //   The per-row loops are plain, branch-free float code that GCC
 //   auto-vectorises (checked with -fopt-info-vec: the gelu loops are
 //   vectorised). The extension is built without -mavx2, so the row functions
-//   are target_clones("avx2", "default"): 8 lanes where the CPU has AVX2. double: std::tanh / std::erfc / std::exp, scalar, exact (the fp64
+//   are target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"): AVX-512 / AVX2+FMA where the CPU has them. double: std::tanh / std::erfc / std::exp, scalar, exact (the fp64
 //   path is for gradcheck, not speed).
 //
 // Dtypes: float32 and float64 compute in their own dtype, GEMMs included.
@@ -102,7 +102,7 @@ constexpr double kInvSqrt2Pi = 0.3989422804014327;  // 1/sqrt(2 pi)
 // for AVX2 and the baseline, and the clone is picked at load time (Linux x86-64).
 #if defined(__x86_64__) && defined(__linux__) && defined(__has_attribute)
 #if __has_attribute(target_clones)
-#define PYGPT_MLP_CLONES __attribute__((target_clones("avx2", "default")))
+#define PYGPT_MLP_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #endif
 #endif
 #ifndef PYGPT_MLP_CLONES
