@@ -159,10 +159,13 @@ def configure_optimizer(model, weight_decay, learning_rate, betas, device_type):
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    extra = {}
-    if device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters:
-        extra["fused"] = True
-    return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)
+    # fused: one kernel updates every parameter (torch >= 2.4 has it on CUDA and the CPU); it
+    # replaces a dozen small ops per parameter per step
+    fused = device_type in ("cuda", "cpu") and "fused" in inspect.signature(torch.optim.AdamW).parameters
+    try:
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if fused else {}))
+    except RuntimeError:  # a torch without a fused AdamW for this device
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas)
 
 
 @torch.no_grad()
