@@ -66,6 +66,7 @@
 //   reshape (a copy when needed); at::mm handles strided weights. No CUDA here.
 #include "../checks.h"
 #include "../registry.h"
+#include "reduce_chunks.h"
 
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -136,6 +137,19 @@ inline __attribute__((always_inline)) float exp_f(float x) {
   return p * scale;
 }
 
+// Φ(x), the standard normal CDF, from erfc(|x|/√2) by Abramowitz-Stegun 7.1.26 (|error| < 1.5e-7);
+// also returns exp(-x²/2), which GELU's derivative needs.
+inline __attribute__((always_inline)) float normal_cdf(float x, float* ez) {
+  const float z = (x < 0.0f ? -x : x) * static_cast<float>(kInvSqrt2);
+  const float t = 1.0f / (1.0f + 0.3275911f * z);
+  const float poly =
+      t * (0.254829592f +
+           t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
+  *ez = exp_f(-z * z);
+  const float q = poly * *ez;  // erfc(z)
+  return x < 0.0f ? 0.5f * q : 1.0f - 0.5f * q;
+}
+
 // a = gelu(p) over a row of n floats.
 template <bool kTanh>
 PYGPT_MLP_CLONES void gelu_fwd_row(const float* __restrict p, float* __restrict a, int64_t n) {
@@ -148,13 +162,8 @@ PYGPT_MLP_CLONES void gelu_fwd_row(const float* __restrict p, float* __restrict 
   } else {
     for (int64_t j = 0; j < n; ++j) {
       const float x = p[j];
-      const float z = (x < 0.0f ? -x : x) * static_cast<float>(kInvSqrt2);
-      const float t = 1.0f / (1.0f + 0.3275911f * z);
-      const float poly =
-          t * (0.254829592f +
-               t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
-      const float q = poly * exp_f(-z * z);  // erfc(z)
-      const float phi_cdf = x < 0.0f ? 0.5f * q : 1.0f - 0.5f * q;
+      float ez;
+      const float phi_cdf = normal_cdf(x, &ez);
       a[j] = x * phi_cdf;
     }
   }
@@ -178,14 +187,8 @@ PYGPT_MLP_CLONES void gelu_bwd_row(const float* __restrict p, float* __restrict 
   } else {
     for (int64_t j = 0; j < n; ++j) {
       const float x = p[j];
-      const float z = (x < 0.0f ? -x : x) * static_cast<float>(kInvSqrt2);
-      const float t = 1.0f / (1.0f + 0.3275911f * z);
-      const float poly =
-          t * (0.254829592f +
-               t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
-      const float ez = exp_f(-z * z);  // exp(-x^2 / 2)
-      const float q = poly * ez;       // erfc(z)
-      const float phi_cdf = x < 0.0f ? 0.5f * q : 1.0f - 0.5f * q;
+      float ez;  // exp(-x^2 / 2)
+      const float phi_cdf = normal_cdf(x, &ez);
       a[j] = x * phi_cdf;
       d[j] = d[j] * (phi_cdf + x * ez * static_cast<float>(kInvSqrt2Pi));
     }
@@ -280,16 +283,6 @@ void bwd_pass(const scalar_t* pre, acc_t* act, acc_t* dact, acc_t* db_part, int6
   });
 }
 
-template <typename acc_t>
-void reduce_chunks(const acc_t* part, acc_t* out, int64_t chunks, int64_t n) {
-  at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
-    for (int64_t j = begin; j < end; ++j) out[j] = 0;
-    for (int64_t c = 0; c < chunks; ++c) {
-      const acc_t* row = part + c * n;
-      for (int64_t j = begin; j < end; ++j) out[j] += row[j];
-    }
-  });
-}
 
 template <typename F>
 void dispatch_dtype(at::ScalarType t, F&& f) {

@@ -59,6 +59,7 @@
 //   All four floating dtypes work (fp16 like bf16). No CUDA here.
 #include "../checks.h"
 #include "../registry.h"
+#include "reduce_chunks.h"
 
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -324,17 +325,6 @@ void layer_norm_bwd_kernel(const BwdArgs<scalar_t, acc_t>& a, int64_t n_chunks) 
   });
 }
 
-// Column sums of part [chunks, C] in chunk order -> out (C,).
-template <typename acc_t>
-void reduce_chunks(const acc_t* part, acc_t* out, int64_t chunks, int64_t C) {
-  at::parallel_for(0, C, 4096, [&](int64_t begin, int64_t end) {
-    for (int64_t j = begin; j < end; ++j) out[j] = 0;
-    for (int64_t c = 0; c < chunks; ++c) {
-      const acc_t* row = part + c * C;
-      for (int64_t j = begin; j < end; ++j) out[j] += row[j];
-    }
-  });
-}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_fwd_cpu(
     const at::Tensor& x, const std::optional<at::Tensor>& residual, const at::Tensor& weight,

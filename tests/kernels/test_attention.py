@@ -55,7 +55,7 @@ def check(backend, q, k, v, causal, gen):
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
 @pytest.mark.parametrize("T,D", SHAPES)
 def test_parity(backend, device, dtype, causal, T, D, gen):
-    skip_unless_runnable(OP, backend, device)
+    skip_unless_runnable(OP, backend, device, dtype, T=T, D=D)
     B, H = (1, 3) if T > 512 else (2, 3)
     q, k, v = (randn(B, H, T, D, dtype=dtype, device=device, gen=gen) for _ in range(3))
     check(backend, q, k, v, causal, gen)
@@ -65,7 +65,7 @@ def test_parity(backend, device, dtype, causal, T, D, gen):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("B,H,T", [(1, 1, 1), (3, 5, 33), (5, 1, 64)])
 def test_odd_batch_and_heads(backend, device, dtype, B, H, T, gen):
-    skip_unless_runnable(OP, backend, device)
+    skip_unless_runnable(OP, backend, device, dtype, T=T, BH=B * H)
     q, k, v = (randn(B, H, T, 32, dtype=dtype, device=device, gen=gen) for _ in range(3))
     check(backend, q, k, v, True, gen)
 
@@ -74,7 +74,7 @@ def test_odd_batch_and_heads(backend, device, dtype, B, H, T, gen):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("Tq,Tk", [(17, 113), (64, 1), (1, 64), (113, 17)])
 def test_cross_attention(backend, device, dtype, Tq, Tk, gen):
-    skip_unless_runnable(OP, backend, device)
+    skip_unless_runnable(OP, backend, device, dtype, T=max(Tq, Tk))
     q = randn(2, 3, Tq, 64, dtype=dtype, device=device, gen=gen)
     k, v = (randn(2, 3, Tk, 64, dtype=dtype, device=device, gen=gen) for _ in range(2))
     check(backend, q, k, v, False, gen)

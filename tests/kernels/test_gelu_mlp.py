@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -58,13 +60,13 @@ def check(backend, args, approximate, gen):
 @pytest.mark.parametrize("approximate", ["tanh", "none"])
 @pytest.mark.parametrize("lead,C", [((1,), 1), ((2, 17), 64), ((3, 113), 40), ((1, 64), 128), ((97,), 80)])
 def test_parity(backend, device, dtype, approximate, lead, C, gen):
-    skip_unless_runnable(OP, backend, device)
+    skip_unless_runnable(OP, backend, device, dtype, M=math.prod(lead), C=C)
     check(backend, make(lead, C, 4 * C, dtype, device, gen), approximate, gen)
 
 
 @pytest.mark.parametrize("backend,device", backend_params(OP))
 def test_no_bias_odd_hidden_and_non_contiguous(backend, device, gen):
-    skip_unless_runnable(OP, backend, device)
+    skip_unless_runnable(OP, backend, device, M=5 * 33)
     x, w1, _, w2, _ = make((5, 33), 48, 100, torch.float32, device, gen, bias=False)
     wide = randn(5, 33, 96, dtype=torch.float32, device=device, gen=gen)
     x = wide[..., ::2]  # a strided view
@@ -124,7 +126,7 @@ def test_python_boundary_errors(gen):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float64], ids=str)
 @pytest.mark.parametrize("approximate", ["tanh", "none"])
 def test_parity_fp16_fp64(backend, device, dtype, approximate, gen):
-    skip_unless_runnable(OP, backend, device)
+    skip_unless_runnable(OP, backend, device, dtype, M=3 * 41)
     check(backend, make((3, 41), 64, 256, dtype, device, gen), approximate, gen)
 
 
