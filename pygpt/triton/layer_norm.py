@@ -57,6 +57,9 @@ Limits
   8192 for fp64). Wider rows raise ValueError naming C (no column-block loop).
 * Non-contiguous x/residual/grad tensors are copied with .contiguous() at the boundary.
 * Uses only tl.load/tl.store/tl.sum/tl.where/tl.sqrt (Triton >= 3.0 should do).
+* Under TRITON_INTERPRET=1 the interpreter casts float32 -> bfloat16 by truncation, where the GPU
+  rounds to nearest even; there (only) ``_cast`` rounds by hand with integer bit operations, so
+  interpreter and GPU give the same bits. On the GPU the flag is a constexpr False: plain ``.to``.
 
 Autograd and torch.compile: the kernels are wrapped as the custom ops
 ``pygpt::triton_layer_norm_fwd`` -> (y, h, mean, rstd) (h empty, shape [0], without a residual)
