@@ -80,7 +80,6 @@ import triton.language as tl
 __all__ = ["attention"]
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-_LOG2E = 1.4426950408889634
 _MAX_D = 256
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
