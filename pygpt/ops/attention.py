@@ -72,7 +72,7 @@ def attention(q, k, v, causal=True, dropout_p=0.0, scale=None, backend="eager"):
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal, scale=scale)
     if dropout_p > 0.0:
         raise ValueError(f"attention: backend {backend!r} does not implement dropout yet (dropout_p={dropout_p}); use dropout 0")
-    if backend == "triton":  # pragma: no cover - filled by the Triton issue
+    if backend == "triton":
         from ..triton.attention import attention as triton_attention
 
         return triton_attention(q, k, v, causal, scale)

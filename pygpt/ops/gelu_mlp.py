@@ -47,7 +47,7 @@ def gelu_mlp(x, w_fc, b_fc, w_proj, b_proj, approximate="tanh", backend="eager")
     backend = resolve("gelu_mlp", backend, x.device)
     if backend == "eager":
         return gelu_mlp_reference(x, w_fc, b_fc, w_proj, b_proj, approximate)
-    if backend == "triton":  # pragma: no cover - filled by the Triton issue
+    if backend == "triton":
         from ..triton.gelu_mlp import gelu_mlp as triton_gelu_mlp
 
         return triton_gelu_mlp(x, w_fc, b_fc, w_proj, b_proj, approximate)
