@@ -26,7 +26,7 @@ def loaded() -> bool:
 
 
 def build_info() -> dict | None:
-    """What the extension was built with: {'cuda', 'cuda_version', 'cuda_archs', 'compiler', 'torch', 'kernels'}."""
+    """What the extension was built with: {'cuda', 'cuda_version', 'cuda_archs', 'cublaslt', 'compiler', 'torch', 'kernels'}."""
     return _C.build_info() if _C is not None else None
 
 

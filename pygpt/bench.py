@@ -72,8 +72,14 @@ REFERENCES = {"attention": ops.attention_reference, "layer_norm": ops.layer_norm
 QUICK = dict(seq_lens=[32, 64], batch=1, heads=2, head_dim=16, width=64, budget=0.02, reps=5, min_reps=2,
              warmup=1, iters=3)
 TRAIN_VARIANTS = ("eager", "sdpa", "fused", "compile")
-# every contender's speed-up is reported against each of these that ran ('torch': add + F.layer_norm)
-RATIO_BASES = ("eager", "sdpa", "torch", "compile")
+# every contender's speed-up is reported against each of these that ran ('torch': add + F.layer_norm;
+# 'sdpa_best': the fastest of torch's SDPA backends at that shape, CUDA only; 'copy': a device copy
+# of the same bytes, so 'vs copy' of a layer_norm contender is its fraction of the copy bandwidth)
+RATIO_BASES = ("eager", "sdpa", "sdpa_best", "torch", "compile", "copy")
+# torch's SDPA backends, each timed alone on CUDA (torch.nn.attention.SDPBackend names)
+SDPA_BACKENDS = {"sdpa-flash": "FLASH_ATTENTION", "sdpa-efficient": "EFFICIENT_ATTENTION", "sdpa-cudnn": "CUDNN_ATTENTION"}
+# the CUDA gelu_mlp's two GEMM paths, forced through PYGPT_GEMM (the cuda backend itself picks the faster)
+GEMM_PATHS = {"cuda-mma": "mma", "cuda-cublaslt": "cublaslt"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -89,6 +95,10 @@ def build_parser() -> Parser:
                    "bfloat16 on cuda; in train mode the trainer's own default)")
     p.add_argument("--seq-lens", default=None, help="comma-separated T values (default: 256,512,1024,2048)")
     p.add_argument("--batch", type=int, default=None, help="B (default 4)")
+    p.add_argument("--tokens", type=int, default=None, help="B = max(1, tokens // T) for each T instead of a fixed "
+                   "--batch (the same work per token at every T, as FlashAttention's benchmark does)")
+    p.add_argument("--eager-max-t", type=int, default=None, help="skip eager and compile above this T (they "
+                   "materialise the T x T matrix: slow, or out of memory at long T)")
     p.add_argument("--heads", type=int, default=None, help="attention: H (default 4)")
     p.add_argument("--head-dim", type=int, default=None, help="attention: D (default 64)")
     p.add_argument("--causal", dest="causal", action="store_true", default=True, help="attention: causal (default)")
@@ -140,6 +150,9 @@ def parse_args(argv=None):
             raise ValueError(f"--seq-lens must be comma-separated integers, got {args.seq_lens!r}") from None
     if args.hidden is None:
         args.hidden = 4 * args.width
+    for name in ("tokens", "eager_max_t"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     for name in ("batch", "heads", "head_dim", "width", "hidden", "reps", "min_reps", "warmup", "iters"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -235,7 +248,7 @@ def make_case(op, args, T, dev, dtype):
     def rand(*shape, scale=1.0):
         return (torch.randn(*shape, generator=g) * scale).to(device=dev, dtype=dtype)
 
-    B = args.batch
+    B = max(1, args.tokens // T) if getattr(args, "tokens", None) else args.batch
     if op == "attention":
         H, D = args.heads, args.head_dim
         q, k, v = (rand(B, H, T, D).requires_grad_() for _ in range(3))
@@ -283,6 +296,46 @@ def backend_fn(op, backend):
     return lambda *a: (ops.gelu_mlp(*a, backend=backend),)
 
 
+def sdpa_backend_fn(backend_name):
+    """torch's SDPA restricted to one of its CUDA backends (raises where that backend cannot run)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    be = getattr(SDPBackend, backend_name)
+
+    def fn(q, k, v, causal):
+        with sdpa_kernel([be]):
+            return (torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal),)
+    return fn
+
+
+def gemm_path_fn(path):
+    """The cuda backend's gelu_mlp with its GEMM path forced (PYGPT_GEMM is read at every call)."""
+    inner = backend_fn("gelu_mlp", "cuda")
+
+    def fn(*a):
+        old = os.environ.get("PYGPT_GEMM")
+        os.environ["PYGPT_GEMM"] = path
+        try:
+            return inner(*a)
+        finally:
+            if old is None:
+                os.environ.pop("PYGPT_GEMM", None)
+            else:
+                os.environ["PYGPT_GEMM"] = old
+    return fn
+
+
+def copy_step(nbytes, dev):
+    """A step that copies nbytes/2 bytes device to device: nbytes moved (read + write), like the op."""
+    n = max(1, int(nbytes) // 8)  # float32 elements: 4 bytes read + 4 written each
+    src = torch.randn(n, device=dev)
+    dst = torch.empty_like(src)
+
+    def step():
+        dst.copy_(src)
+    return step
+
+
 def torch_layer_norm(x, w, b, res):
     h = x + res
     return torch.nn.functional.layer_norm(h, (h.size(-1),), w, b, 1e-5), h
@@ -324,6 +377,20 @@ def bench_op(args, dev, dtype):
         contenders[b] = {"name": b, "kind": "backend", "available": False, "note": why}
     if op == "layer_norm":  # what a PyTorch user writes: the residual add, then F.layer_norm
         contenders["torch"] = {"name": "torch", "kind": "x + residual, then F.layer_norm", "available": True, "note": None}
+    if dev.type == "cuda" and op == "attention":
+        for name, be in SDPA_BACKENDS.items():
+            contenders[name] = {"name": name, "kind": f"F.scaled_dot_product_attention with SDPBackend.{be} only",
+                                "available": True, "note": None}
+    if dev.type == "cuda" and op == "gelu_mlp" and "cuda" in available:
+        from . import _ext
+
+        for name, path in GEMM_PATHS.items():
+            ok = path == "mma" or bool((_ext.build_info() or {}).get("cublaslt"))
+            contenders[name] = {"name": name, "kind": f"cuda backend with PYGPT_GEMM={path}", "available": ok,
+                                "note": None if ok else "pygpt._C was built without cuBLASLt"}
+    if dev.type == "cuda" and op == "layer_norm":
+        contenders["copy"] = {"name": "copy", "kind": "device-to-device copy moving the same bytes (the ceiling)",
+                              "available": True, "note": None}
     contenders["compile"] = {"name": "compile", "kind": "torch.compile(eager reference)", "available": args.compile,
                              "note": None if args.compile else "skipped (--no-compile)"}
     if args.backends is not None:
@@ -350,11 +417,20 @@ def bench_op(args, dev, dtype):
             if interpreted(name) and T != min(args.seq_lens):
                 c.setdefault("skipped_T", []).append(T)
                 continue
+            if name in ("eager", "compile") and getattr(args, "eager_max_t", None) and T > args.eager_max_t:
+                c.setdefault("skipped_T", []).append(T)
+                continue
             if name == "compile":
                 torch._dynamo.reset()  # a fresh, static-shape compile per T (no recompile limits)
                 fn = compiled_fn(op)
             elif name == "torch":
                 fn = torch_layer_norm
+            elif name in SDPA_BACKENDS:
+                fn = sdpa_backend_fn(SDPA_BACKENDS[name])
+            elif name in GEMM_PATHS:
+                fn = gemm_path_fn(GEMM_PATHS[name])
+            elif name == "copy":
+                fn = None  # see copy_step
             else:
                 fn = backend_fn(op, name)
             for mode in args.modes:
@@ -365,7 +441,9 @@ def bench_op(args, dev, dtype):
                     for t in inputs:
                         t.grad = None
 
-                if mode == "fwd":
+                if name == "copy":
+                    step = copy_step(work[mode], dev)
+                elif mode == "fwd":
                     def step():
                         return call(fn)
                 else:
@@ -394,7 +472,7 @@ def bench_op(args, dev, dtype):
                 print(f"  {name:<8} {mode:<7} T={T:<5} median {med * 1e3:9.3f} ms  ({len(times)} reps)", file=sys.stderr)
             del fn
         del inputs, grads
-    add_ratios(measurements, [n for n in RATIO_BASES if n in contenders])
+    add_ratios(measurements, [n for n in RATIO_BASES if n in contenders or n == "sdpa_best"])
     return list(contenders.values()), measurements
 
 
@@ -405,6 +483,14 @@ def measurements_for(measurements, name):
 def add_ratios(measurements, baselines):
     """speed-up = baseline median / contender median (> 1: faster than the baseline)."""
     index = {(m["contender"], m["mode"], m["T"]): m for m in measurements if "median_ms" in m}
+    per_backend = any(name in SDPA_BACKENDS for name, _, _ in index)  # CUDA runs time each SDPA backend
+    for (name, mode, T), m in list(index.items()):  # the fastest SDPA backend at each shape
+        if per_backend and (name in SDPA_BACKENDS or name == "sdpa"):
+            best = index.get(("sdpa_best", mode, T))
+            if best is None or m["median_ms"] < best["median_ms"]:
+                index[("sdpa_best", mode, T)] = m
+    if any(k[0] == "sdpa_best" for k in index) and "sdpa_best" not in baselines:
+        baselines = [*baselines, "sdpa_best"]
     for m in measurements:
         for base in baselines:
             ref = index.get((base, m["mode"], m["T"]))
@@ -519,7 +605,8 @@ def md_table(header, rows):
 def op_tables(result):
     ms = result["measurements"]
     names = [c["name"] for c in result["contenders"]]
-    bases = [b for b in RATIO_BASES if any(m["contender"] == b and "median_ms" in m for m in ms)]
+    bases = [b for b in RATIO_BASES if any(m["contender"] == b and "median_ms" in m for m in ms)
+             or (b == "sdpa_best" and any(m.get("vs_sdpa_best") for m in ms))]
     rate_unit = next((m["rate_unit"] for m in ms if m.get("rate_unit")), "rate")
     header = ["T", "contender", "median ms", "min ms", rate_unit] + [f"vs {b}" for b in bases] + ["reps", "note"]
     out = []

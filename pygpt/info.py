@@ -74,7 +74,8 @@ def report(info: dict | None = None) -> str:
     if ext is None:
         lines.append(f"extension pygpt._C: NOT BUILT - pure-PyTorch backends only ({info['extension_error']})")
     else:
-        cuda = f"CUDA {ext['cuda_version']} for {', '.join(ext['cuda_archs'])}" if ext["cuda"] else "CPU only"
+        cuda = (f"CUDA {ext['cuda_version']} for {', '.join(ext['cuda_archs'])}"
+                f" ({'with' if ext.get('cublaslt') else 'without'} cuBLASLt)") if ext["cuda"] else "CPU only"
         lines.append(f"extension pygpt._C: built against torch {ext['torch']} with {ext['compiler']}, {cuda}")
         for dev, names in ext["kernels"].items():
             lines.append(f"  hand-written {dev} kernels: {', '.join(names) if names else 'none yet'}")

@@ -167,3 +167,45 @@ def test_bad_arguments_are_one_line_errors(argv, tmp_path, capsys):
 def test_cuda_without_cuda_is_an_error(tmp_path, capsys):
     assert run(bench.main, ["attention", "--device", "cuda", "--quick", "--out", str(tmp_path)]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+# -- the CUDA-only contenders' plumbing, checked on the CPU ------------------------------------------
+
+
+def test_sdpa_best_ratio_is_the_fastest_sdpa_backend():
+    ms = [{"contender": c, "mode": "fwd", "T": 8, "median_ms": t}
+          for c, t in (("sdpa", 3.0), ("sdpa-flash", 2.0), ("sdpa-efficient", 4.0), ("cuda", 1.0))]
+    bench.add_ratios(ms, ["sdpa"])
+    cuda = ms[-1]
+    assert cuda["vs_sdpa"] == 3.0 and cuda["vs_sdpa_best"] == 2.0
+    assert ms[1]["vs_sdpa_best"] == 1.0  # flash is the best: ratio 1 to itself
+
+
+def test_no_sdpa_best_without_per_backend_timings():
+    ms = [{"contender": c, "mode": "fwd", "T": 8, "median_ms": t} for c, t in (("sdpa", 3.0), ("cpu", 1.0))]
+    bench.add_ratios(ms, ["sdpa"])
+    assert "vs_sdpa_best" not in ms[1]
+
+
+def test_copy_step_moves_the_counted_bytes():
+    import torch
+
+    step = bench.copy_step(8000, torch.device("cpu"))
+    step()  # 1000 float32: 4000 bytes read + 4000 written
+    src, dst = (c.cell_contents for c in step.__closure__ if isinstance(c.cell_contents, torch.Tensor))
+    assert src.numel() == 1000 and torch.equal(src, dst)
+
+
+def test_tokens_sets_batch_per_T(tmp_path):
+    result, _ = run_bench(tmp_path, "attention", "--quick", "--tokens", "96", "--eager-max-t", "32")
+    shapes = {m["T"]: m["shape"]["B"] for m in result["measurements"] if "shape" in m}
+    assert shapes == {32: 3, 64: 1}
+    eager_T = {m["T"] for m in result["measurements"] if m["contender"] == "eager"}
+    assert eager_T == {32}
+    assert next(c for c in result["contenders"] if c["name"] == "eager")["skipped_T"] == [64]
+
+
+@pytest.mark.parametrize("argv", [["--tokens", "0"], ["--eager-max-t", "-1"]])
+def test_bad_tokens_args(argv):
+    with pytest.raises(ValueError, match=argv[0]):
+        bench.parse_args(["attention", *argv])

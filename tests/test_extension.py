@@ -43,8 +43,9 @@ def close(a, b, tol=1e-10):
 
 def test_build_info_keys_and_types():
     info = _C.build_info()
-    assert set(info) == {"cuda", "cuda_version", "cuda_archs", "compiler", "torch", "kernels"}
+    assert set(info) == {"cuda", "cuda_version", "cuda_archs", "cublaslt", "compiler", "torch", "kernels"}
     assert isinstance(info["cuda"], bool)
+    assert isinstance(info["cublaslt"], bool) and (info["cuda"] or not info["cublaslt"])
     assert info["cuda_version"] is None or isinstance(info["cuda_version"], str)
     assert isinstance(info["cuda_archs"], list)
     assert all(isinstance(a, str) and a.startswith("sm_") for a in info["cuda_archs"])

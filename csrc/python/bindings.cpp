@@ -17,6 +17,7 @@ py::dict build_info_dict() {
   py::list archs;
   for (const auto& a : info.cuda_archs) archs.append(a);
   d["cuda_archs"] = archs;
+  d["cublaslt"] = info.cublaslt;
   d["compiler"] = info.compiler;
   d["torch"] = info.torch;
   py::dict kernels;

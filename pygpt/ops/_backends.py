@@ -25,6 +25,20 @@ FUSED = ("cpu", "cuda", "triton")
 AUTO_ORDER = {"cuda": ("cuda", "triton"), "cpu": ("cpu",)}
 
 
+# dtypes a backend's kernels take, where not every floating dtype: the CUDA attention kernel runs on
+# tensor cores in 16-bit only ('auto' then moves on to the next backend; naming it is an error).
+DTYPES = {("attention", "cuda"): (torch.float16, torch.bfloat16)}
+
+
+def dtype_reason(op: str, backend: str, dtype) -> str | None:
+    """None if `backend`'s kernel for `op` takes `dtype`, else why not."""
+    allowed = DTYPES.get((op, backend))
+    if dtype is None or allowed is None or dtype in allowed:
+        return None
+    names = ", ".join(str(d).replace("torch.", "") for d in allowed)
+    return f"the {backend} {op} kernel takes {names}, not {str(dtype).replace('torch.', '')} (use autocast or another backend)"
+
+
 class BackendUnavailable(ValueError):
     """Raised when a backend was asked for that cannot run this op here."""
 
@@ -75,12 +89,30 @@ def _reason(op: str, backend: str, device_type: str) -> str | None:
     raise ValueError(f"unknown backend {backend!r}; backends: {', '.join(BACKENDS)}")
 
 
+def autocast_dtype(device_type: str, dtype: torch.dtype) -> torch.dtype:
+    """The dtype a fused kernel will see for inputs of `dtype`: autocast's, when it is on."""
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else dtype
+
+
+def autocast_inputs(device_type: str, *tensors):
+    """The tensors cast to the autocast dtype when autocast is on for `device_type` (None stays None).
+
+    torch's autocast casts the inputs of its own matmuls and attention; a custom op is not on its
+    lists, so the op layer does the same cast before calling a fused kernel. Outside autocast (or
+    when the tensors already have its dtype) they are returned as they are."""
+    if not torch.is_autocast_enabled(device_type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != dtype else t for t in tensors)
+
+
 def available_backends(op: str, device_type: str) -> list[str]:
     return [b for b in BACKENDS[:-1] if unavailable_reason(op, b, device_type) is None]
 
 
-def resolve(op: str, backend: str, device: torch.device | str) -> str:
-    """Turn a requested backend into one that can run `op` on `device`, or raise BackendUnavailable.
+def resolve(op: str, backend: str, device: torch.device | str, dtype: torch.dtype | None = None) -> str:
+    """Turn a requested backend into one that can run `op` on `device` (at `dtype`, when given),
+    or raise BackendUnavailable.
 
     Called on every op call, also inside torch.compile'd code: for the usual devices the answer is
     a lookup in a table filled at import (availability cannot change within a process)."""
@@ -91,6 +123,15 @@ def resolve(op: str, backend: str, device: torch.device | str) -> str:
     name, message = found
     if message is not None:
         raise BackendUnavailable(message)
+    if dtype is not None and (op, name) in DTYPES and dtype_reason(op, name, dtype) is not None:
+        if backend != "auto":
+            raise BackendUnavailable(f"backend {backend!r} cannot run {op} here: {dtype_reason(op, name, dtype)}")
+        # 'auto': the next fused backend for this device that takes the dtype
+        for b in AUTO_ORDER[device_type]:
+            if unavailable_reason(op, b, device_type) is None and dtype_reason(op, b, dtype) is None:
+                return b
+        raise BackendUnavailable(f"no fused backend can run {op} on {device_type} at {dtype}: "
+                                 f"{dtype_reason(op, name, dtype)}")
     return name
 
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _ext
-from ._backends import resolve
+from ._backends import FUSED, autocast_dtype, autocast_inputs, resolve
 
 
 def attention_reference(q, k, v, causal=True, dropout_p=0.0, scale=None):
@@ -65,7 +65,9 @@ def attention(q, k, v, causal=True, dropout_p=0.0, scale=None, backend="eager"):
     """
     check_attention_args(q, k, v, causal, dropout_p, scale)
     scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else float(scale)
-    backend = resolve("attention", backend, q.device)
+    backend = resolve("attention", backend, q.device, autocast_dtype(q.device.type, q.dtype))
+    if backend in FUSED:
+        q, k, v = autocast_inputs(q.device.type, q, k, v)
     if backend == "eager":
         return attention_reference(q, k, v, causal, dropout_p, scale)
     if backend == "sdpa":

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _ext
-from ._backends import resolve
+from ._backends import FUSED, autocast_inputs, resolve
 
 APPROXIMATE = ("tanh", "none")
 
@@ -45,6 +45,8 @@ def gelu_mlp(x, w_fc, b_fc, w_proj, b_proj, approximate="tanh", backend="eager")
     """linear(gelu(linear(x, w_fc, b_fc)), w_proj, b_proj) with weights in nn.Linear layout."""
     check_gelu_mlp_args(x, w_fc, b_fc, w_proj, b_proj, approximate)
     backend = resolve("gelu_mlp", backend, x.device)
+    if backend in FUSED:  # under autocast, run in its dtype as F.linear would
+        x, w_fc, b_fc, w_proj, b_proj = autocast_inputs(x.device.type, x, w_fc, b_fc, w_proj, b_proj)
     if backend == "eager":
         return gelu_mlp_reference(x, w_fc, b_fc, w_proj, b_proj, approximate)
     if backend == "triton":

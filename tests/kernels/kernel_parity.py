@@ -24,6 +24,14 @@ import torch
 from pygpt import _ext, ops
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# The parity dtypes: fp32 and bf16 everywhere, fp16 too where a GPU is present (the CUDA kernels'
+# second tensor-core dtype; the CPU kernels' fp16 has its own tests in test_<op>.py).
+PARITY_DTYPES = [torch.float32, torch.bfloat16] + ([torch.float16] if torch.cuda.is_available() else [])
+
+
+def lowp_dtype(backend: str, device: str):
+    """fp32 unless the backend's kernel on this device runs only in 16-bit (then bf16)."""
+    return torch.bfloat16 if device == "cuda" and backend in ("cuda", "ext") else torch.float32
 BACKENDS = ["eager", "sdpa", "cpu", "cuda", "triton", "ext"]
 
 
@@ -58,6 +66,10 @@ def skip_unless_runnable(op: str, backend: str, device: str, dtype=None, **sizes
                 pytest.skip(f"{k}={v} is too slow for the Triton interpreter (max {INTERPRETER_MAX[k]}); run on a GPU")
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("no CUDA device")
+    if backend in ("cuda", "ext") and device == "cuda":
+        why = ops.dtype_reason(op, "cuda", dtype)
+        if why is not None:
+            pytest.skip(why)
     if backend == "ext":
         if not _ext.loaded():
             pytest.skip(f"pygpt._C not loaded: {_ext.LOAD_ERROR}")

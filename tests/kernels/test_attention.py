@@ -14,12 +14,12 @@ import torch
 from pygpt import ops
 from pygpt.ops.attention import attention_reference, fused_attention
 
-from kernel_parity import (FLOOR, assert_parity, backend_params, max_err, poisoned_empty, randn, ref_dtype,
-                       skip_unless_runnable)
+from kernel_parity import (FLOOR, PARITY_DTYPES, assert_parity, backend_params, lowp_dtype, max_err, poisoned_empty,
+                           randn, ref_dtype, skip_unless_runnable)
 
 OP = "attention"
 SHAPES = [(T, D) for T in (1, 2, 17, 64, 113, 1023) for D in (40, 64)] + [(113, D) for D in (16, 32, 80, 128)]
-DTYPES = [torch.float32, torch.bfloat16]
+DTYPES = PARITY_DTYPES
 
 
 def run(backend, q, k, v, causal, scale):
@@ -84,21 +84,30 @@ def test_cross_attention(backend, device, dtype, Tq, Tk, gen):
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
 def test_non_contiguous_qkv_views(backend, device, causal, gen):
     """q, k, v as the model makes them: head-transposed views of one fused (B, T, 3·C) projection."""
-    skip_unless_runnable(OP, backend, device)
+    dtype = lowp_dtype(backend, device)
+    skip_unless_runnable(OP, backend, device, dtype)
     B, T, H, D = 2, 113, 3, 40
-    qkv = randn(B, T, 3, H, D, dtype=torch.float32, device=device, gen=gen)
+    qkv = randn(B, T, 3, H, D, dtype=dtype, device=device, gen=gen)
     q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
     assert not q.is_contiguous()
     check(backend, q, k, v, causal, gen)
 
 
 @pytest.mark.parametrize("backend,device", backend_params(OP, ["cpu", "cuda", "triton", "ext"]))
-def test_deterministic_forward(backend, device, gen):
-    skip_unless_runnable(OP, backend, device)
-    q, k, v = (randn(2, 3, 113, 64, dtype=torch.float32, device=device, gen=gen) for _ in range(3))
-    a = run(backend, q, k, v, True, 0.125)
-    b = run(backend, q, k, v, True, 0.125)
-    assert torch.equal(a, b)
+def test_deterministic(backend, device, gen):
+    """Same inputs twice -> bitwise-equal output and gradients (every backend here is deterministic)."""
+    dtype = lowp_dtype(backend, device)
+    skip_unless_runnable(OP, backend, device, dtype)
+    q, k, v = (randn(2, 3, 113, 64, dtype=dtype, device=device, gen=gen) for _ in range(3))
+    dout = randn(2, 3, 113, 64, dtype=dtype, device=device, gen=gen)
+    results = []
+    for _ in range(2):
+        leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+        out = run(backend, *leaves, True, 0.125)
+        out.backward(dout)
+        results.append([out, *(t.grad for t in leaves)])
+    for name, a, b in zip(("out", "dq", "dk", "dv"), *results):
+        assert torch.equal(a, b), f"{name} differs between two identical calls"
 
 
 @pytest.mark.parametrize("backend,device", backend_params(OP, ["cpu", "cuda", "triton"]))
@@ -115,8 +124,8 @@ def test_fused_backends_reject_dropout(backend, device, gen):
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 @pytest.mark.parametrize("causal,Tq,Tk", [(True, 17, 17), (False, 5, 9), (True, 1, 1)])
 def test_opcheck(device, causal, Tq, Tk, gen):
-    skip_unless_runnable(OP, "ext", device)
-    dtype = torch.float32
+    dtype = lowp_dtype("ext", device)
+    skip_unless_runnable(OP, "ext", device, dtype)
     q = randn(2, 3, Tq, 16, dtype=dtype, device=device, requires_grad=True, gen=gen)
     k, v = (randn(2, 3, Tk, 16, dtype=dtype, device=device, requires_grad=True, gen=gen) for _ in range(2))
     torch.library.opcheck(torch.ops.pygpt.attention_fwd.default, (q, k, v, causal, 0.25))

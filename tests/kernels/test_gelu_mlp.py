@@ -10,10 +10,10 @@ import torch
 from pygpt import ops
 from pygpt.ops.gelu_mlp import fused_gelu_mlp, gelu_mlp_reference
 
-from kernel_parity import assert_parity, backend_params, poisoned_empty, randn, ref_dtype, skip_unless_runnable
+from kernel_parity import PARITY_DTYPES, assert_parity, lowp_dtype, backend_params, poisoned_empty, randn, ref_dtype, skip_unless_runnable
 
 OP = "gelu_mlp"
-DTYPES = [torch.float32, torch.bfloat16]
+DTYPES = PARITY_DTYPES
 
 
 def run(backend, x, w1, b1, w2, b2, approximate):

@@ -8,11 +8,11 @@ import torch
 from pygpt import ops
 from pygpt.ops.layer_norm import fused_layer_norm, layer_norm_reference
 
-from kernel_parity import assert_parity, backend_params, poisoned_empty, randn, ref_dtype, skip_unless_runnable
+from kernel_parity import PARITY_DTYPES, assert_parity, lowp_dtype, backend_params, poisoned_empty, randn, ref_dtype, skip_unless_runnable
 
 OP = "layer_norm"
 WIDTHS = (1, 7, 128, 768, 1000, 4097)
-DTYPES = [torch.float32, torch.bfloat16]
+DTYPES = PARITY_DTYPES
 
 
 def run(backend, x, w, b, eps, residual):
