@@ -11,6 +11,7 @@ Backends:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 
@@ -104,6 +105,14 @@ def autocast_inputs(device_type: str, *tensors):
         return tensors
     dtype = torch.get_autocast_dtype(device_type)
     return tuple(t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != dtype else t for t in tensors)
+
+
+def autocast_off(device_type: str):
+    """A context in which a fused kernel runs with autocast disabled (its inputs are already cast):
+    otherwise ATen calls inside the kernel (the CPU gelu_mlp's GEMMs) would be autocast again."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def available_backends(op: str, device_type: str) -> list[str]:

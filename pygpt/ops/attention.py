@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _ext
-from ._backends import FUSED, autocast_dtype, autocast_inputs, resolve
+from ._backends import FUSED, autocast_dtype, autocast_inputs, autocast_off, resolve
 
 
 def attention_reference(q, k, v, causal=True, dropout_p=0.0, scale=None):
@@ -74,11 +74,12 @@ def attention(q, k, v, causal=True, dropout_p=0.0, scale=None, backend="eager"):
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal, scale=scale)
     if dropout_p > 0.0:
         raise ValueError(f"attention: backend {backend!r} does not implement dropout yet (dropout_p={dropout_p}); use dropout 0")
-    if backend == "triton":
-        from ..triton.attention import attention as triton_attention
+    with autocast_off(q.device.type):
+        if backend == "triton":
+            from ..triton.attention import attention as triton_attention
 
-        return triton_attention(q, k, v, causal, scale)
-    return fused_attention(q, k, v, causal, scale)
+            return triton_attention(q, k, v, causal, scale)
+        return fused_attention(q, k, v, causal, scale)
 
 
 def fused_attention(q, k, v, causal: bool, scale: float):

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _ext
-from ._backends import FUSED, autocast_inputs, resolve
+from ._backends import FUSED, autocast_inputs, autocast_off, resolve
 
 APPROXIMATE = ("tanh", "none")
 
@@ -49,11 +49,12 @@ def gelu_mlp(x, w_fc, b_fc, w_proj, b_proj, approximate="tanh", backend="eager")
         x, w_fc, b_fc, w_proj, b_proj = autocast_inputs(x.device.type, x, w_fc, b_fc, w_proj, b_proj)
     if backend == "eager":
         return gelu_mlp_reference(x, w_fc, b_fc, w_proj, b_proj, approximate)
-    if backend == "triton":
-        from ..triton.gelu_mlp import gelu_mlp as triton_gelu_mlp
+    with autocast_off(x.device.type):
+        if backend == "triton":
+            from ..triton.gelu_mlp import gelu_mlp as triton_gelu_mlp
 
-        return triton_gelu_mlp(x, w_fc, b_fc, w_proj, b_proj, approximate)
-    return fused_gelu_mlp(x, w_fc, b_fc, w_proj, b_proj, approximate)
+            return triton_gelu_mlp(x, w_fc, b_fc, w_proj, b_proj, approximate)
+        return fused_gelu_mlp(x, w_fc, b_fc, w_proj, b_proj, approximate)
 
 
 def fused_gelu_mlp(x, w_fc, b_fc, w_proj, b_proj, approximate: str):

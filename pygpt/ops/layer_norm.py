@@ -16,7 +16,7 @@ import math
 import torch
 
 from .. import _ext
-from ._backends import resolve
+from ._backends import autocast_off, resolve
 
 
 def layer_norm_reference(x, weight, bias=None, eps=1e-5, residual=None):
@@ -58,11 +58,12 @@ def layer_norm(x, weight, bias=None, eps=1e-5, residual=None, backend="eager"):
     backend = resolve("layer_norm", backend, x.device)
     if backend == "eager":
         return layer_norm_reference(x, weight, bias, eps, residual)
-    if backend == "triton":
-        from ..triton.layer_norm import layer_norm as triton_layer_norm
+    with autocast_off(x.device.type):  # autocast runs LayerNorm in the inputs' own (fp32) dtype too
+        if backend == "triton":
+            from ..triton.layer_norm import layer_norm as triton_layer_norm
 
-        return triton_layer_norm(x, weight, bias, eps, residual)
-    return fused_layer_norm(x, weight, bias, float(eps), residual)
+            return triton_layer_norm(x, weight, bias, eps, residual)
+        return fused_layer_norm(x, weight, bias, float(eps), residual)
 
 
 def fused_layer_norm(x, weight, bias, eps: float, residual=None):
