@@ -52,8 +52,13 @@ BuildInfo build_info() {
   for (int arch : cuda_compiled_archs()) {
     info.cuda_archs.push_back("sm_" + std::to_string(arch / 10));
   }
-  // --- CUDA: no hand-written CUDA kernels yet. A kernel issue adds e.g.
-  // if (cuda_attention_is_kernel()) info.cuda_kernels.emplace_back("attention");
+#ifdef PYGPT_WITH_CUBLASLT
+  info.cublaslt = true;
+#endif
+  // --- CUDA: one line per op, defined in csrc/cuda/<op>_cuda.cu. --------
+  if (cuda_attention_is_kernel()) info.cuda_kernels.emplace_back("attention");
+  if (cuda_layer_norm_is_kernel()) info.cuda_kernels.emplace_back("layer_norm");
+  if (cuda_gelu_mlp_is_kernel()) info.cuda_kernels.emplace_back("gelu_mlp");
 #endif
   return info;
 }

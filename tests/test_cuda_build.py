@@ -5,7 +5,7 @@ variant the launcher in csrc/cuda/<op>_cuda.cu can launch, instantiated explicit
 own in seconds. For each op and each real target (sm_80, sm_90) this test compiles it to a cubin
 with `-Xptxas -v` and reads two things no GPU is needed for:
 
-  * ptxas' resource report: attention and layer_norm kernels must not spill (0 bytes spill
+  * ptxas' resource report: no kernel may spill (0 bytes spill
     stores/loads, no local-memory stack frame). A spill there means registers were mis-sized.
   * the SASS (`cuobjdump --dump-sass`): the matmul kernels of attention and gelu_mlp must contain
     HMMA instructions (tensor cores), i.e. the mma.sync code survived to machine code.
@@ -29,7 +29,7 @@ ARCHS = ("80", "90")
 OPS = ("attention", "layer_norm", "gelu_mlp")
 # Which kernels must use tensor cores: a regular expression on the (mangled) kernel name.
 MMA_KERNELS = {"attention": r"fwd|dkdv|dq", "gelu_mlp": r"gemm"}
-NO_SPILL = ("attention", "layer_norm")
+NO_SPILL = ("attention", "layer_norm", "gelu_mlp")
 # the flags torch.utils.cpp_extension passes to nvcc, plus ours (setup.py)
 NVCC_FLAGS = ["-std=c++17", "-O3", "--expt-relaxed-constexpr", "-D__CUDA_NO_HALF_OPERATORS__",
               "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",

@@ -18,6 +18,9 @@ from .. import _ext
 from ._backends import FUSED, autocast_dtype, autocast_inputs, autocast_off, resolve
 
 
+CUDA_MAX_HEAD_DIM = 128  # kernels/attention.cuh: D in {32, 64, 128}, others <= 128 zero-padded
+
+
 def attention_reference(q, k, v, causal=True, dropout_p=0.0, scale=None):
     """Scaled dot-product attention exactly as the lecture writes it (materialises the T×T matrix)."""
     scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else scale
@@ -65,7 +68,11 @@ def attention(q, k, v, causal=True, dropout_p=0.0, scale=None, backend="eager"):
     """
     check_attention_args(q, k, v, causal, dropout_p, scale)
     scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else float(scale)
+    requested = backend
     backend = resolve("attention", backend, q.device, autocast_dtype(q.device.type, q.dtype))
+    if backend == "cuda" and requested == "auto" and q.size(-1) > CUDA_MAX_HEAD_DIM:
+        # the CUDA kernel stops at D = 128 (register tiles); Triton's goes to 256
+        backend = resolve("attention", "triton", q.device, autocast_dtype(q.device.type, q.dtype))
     if backend in FUSED:
         q, k, v = autocast_inputs(q.device.type, q, k, v)
     if backend == "eager":

@@ -273,3 +273,31 @@ def test_cpu_baseline_isa_path():
     res = subprocess.run([sys.executable, "-c", _BASELINE_ISA_SCRIPT], env=env, capture_output=True,
                          text=True, timeout=300)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stdout + res.stderr
+
+
+# -- the CUDA kernel's own limits (run where a GPU is present) --------------------------------------
+
+
+def test_cuda_boundary_errors(gen):
+    skip_unless_runnable(OP, "ext", "cuda", torch.bfloat16)
+    q = randn(1, 2, 8, 64, dtype=torch.float32, device="cuda", gen=gen)
+    with pytest.raises(RuntimeError, match="float32"):  # tensor cores: fp16/bf16 only
+        fused_attention(q, q, q, True, 0.125)
+    with pytest.raises(ops.BackendUnavailable, match="float32"):
+        ops.attention(q, q, q, backend="cuda")
+    big = randn(1, 2, 8, 129, dtype=torch.bfloat16, device="cuda", gen=gen)
+    with pytest.raises(RuntimeError, match="129"):
+        fused_attention(big, big, big, True, 0.1)
+    cpu = q.to("cpu", torch.bfloat16)
+    with pytest.raises((RuntimeError, ValueError), match="device"):
+        fused_attention(q.bfloat16(), cpu, cpu, False, 0.125)
+
+
+def test_cuda_auto_routes_fp32_and_wide_heads_to_triton(gen):
+    """'auto' on CUDA: the CUDA kernel for bf16/fp16 with D <= 128, Triton otherwise."""
+    skip_unless_runnable(OP, "cuda", "cuda", torch.bfloat16)
+    if ops.unavailable_reason(OP, "triton", "cuda") is not None:
+        pytest.skip("Triton is not available")
+    for dtype, D in ((torch.float32, 64), (torch.bfloat16, 160)):
+        q, k, v = (randn(1, 2, 33, D, dtype=dtype, device="cuda", gen=gen) for _ in range(3))
+        check("auto", q, k, v, True, gen)

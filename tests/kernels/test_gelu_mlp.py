@@ -206,3 +206,42 @@ def test_cpp_boundary_errors_more(gen):
         g(out[:2], x, pre, w1, w2, "tanh")
     with pytest.raises(RuntimeError, match="dtype mismatch: pre is bfloat16 but x is float32"):
         g(out, x, pre.bfloat16(), w1, w2, "tanh")
+
+
+# -- the CUDA backend's two GEMM paths (run where a GPU is present) ---------------------------------
+
+
+@pytest.mark.parametrize("path", ["mma", "cublaslt", "auto"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("approximate", ["tanh", "none"])
+@pytest.mark.parametrize("lead,C", [((339,), 40), ((3, 113), 80), ((2, 64), 128), ((7,), 12)])
+def test_cuda_gemm_paths(path, dtype, approximate, lead, C, gen, monkeypatch):
+    """PYGPT_GEMM forces the hand-written mma.sync GEMM or cuBLASLt (tanh only; 'none' and shapes it
+    cannot take run on mma / at::mm); every path must keep parity. C=12 is not a multiple of 8."""
+    skip_unless_runnable(OP, "cuda", "cuda", dtype)
+    monkeypatch.setenv("PYGPT_GEMM", path)
+    check("cuda", make(lead, C, 4 * C + 8, dtype, "cuda", gen), approximate, gen)
+
+
+def test_cuda_gemm_env_is_checked(gen, monkeypatch):
+    skip_unless_runnable(OP, "cuda", "cuda", torch.bfloat16)
+    monkeypatch.setenv("PYGPT_GEMM", "fast")
+    x, w1, b1, w2, b2 = make((4,), 16, 64, torch.bfloat16, "cuda", gen)
+    with pytest.raises(RuntimeError, match="PYGPT_GEMM.*fast"):
+        ops.gelu_mlp(x, w1, b1, w2, b2, backend="cuda")
+
+
+@pytest.mark.parametrize("path", ["mma", "cublaslt"])
+def test_cuda_deterministic(path, gen, monkeypatch):
+    skip_unless_runnable(OP, "cuda", "cuda", torch.bfloat16)
+    monkeypatch.setenv("PYGPT_GEMM", path)
+    args = make((5, 77), 64, 256, torch.bfloat16, "cuda", gen)
+    dout = randn(5, 77, 64, dtype=torch.bfloat16, device="cuda", gen=gen)
+    results = []
+    for _ in range(2):
+        leaves = [t.detach().requires_grad_() for t in args]
+        out = ops.gelu_mlp(*leaves, backend="cuda")
+        out.backward(dout)
+        results.append([out, *(t.grad for t in leaves)])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)

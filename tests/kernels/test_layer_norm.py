@@ -249,3 +249,21 @@ def test_cpp_boundary_errors_more(gen):
         b(y, y[:2], x, w, mean, rstd)
     with pytest.raises(RuntimeError, match="grad_y must have shape"):
         b(y[:, :4], None, x, w, mean, rstd)
+
+
+@pytest.mark.parametrize("backend,device", backend_params(OP, ["cpu", "cuda", "triton"]))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_deterministic(backend, device, dtype, gen):
+    """Same inputs twice -> bitwise-equal y, h and all gradients (partial sums reduced in a fixed order)."""
+    skip_unless_runnable(OP, backend, device, dtype, C=768, M=4 * 129)
+    x, r = (randn(4, 129, 768, dtype=dtype, device=device, gen=gen) for _ in range(2))
+    w, b = (randn(768, dtype=dtype, device=device, gen=gen) for _ in range(2))
+    gy, gh = (randn(4, 129, 768, dtype=dtype, device=device, gen=gen) for _ in range(2))
+    results = []
+    for _ in range(2):
+        leaves = [t.detach().requires_grad_() for t in (x, w, b, r)]
+        y, h = ops.layer_norm(leaves[0], leaves[1], leaves[2], residual=leaves[3], backend=backend)
+        torch.autograd.backward((y, h), (gy, gh))
+        results.append([y, h, *(t.grad for t in leaves)])
+    for a, b_ in zip(*results):
+        assert torch.equal(a, b_)
