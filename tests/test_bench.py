@@ -209,3 +209,23 @@ def test_tokens_sets_batch_per_T(tmp_path):
 def test_bad_tokens_args(argv):
     with pytest.raises(ValueError, match=argv[0]):
         bench.parse_args(["attention", *argv])
+
+
+def test_triton_under_the_interpreter_runs_end_to_end_and_is_labelled(tmp_path):
+    """Without a GPU the Triton contender still runs (TRITON_INTERPRET=1), labelled as no speed figure."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("Triton is not installed")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    r = subprocess.run([sys.executable, "-m", "pygpt.bench", "layer_norm", "--quick", "--no-compile", "--no-plot",
+                        "--seq-lens", "8", "--width", "32", "--out", str(tmp_path)],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads(next(tmp_path.glob("*.json")).read_text())
+    triton = [m for m in result["measurements"] if m["contender"] == "triton"]
+    assert triton and all("median_ms" in m and m["note"] == bench.INTERPRETER_NOTE for m in triton)
+    assert "interpreter (not a speed figure)" in r.stdout
