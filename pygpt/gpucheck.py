@@ -94,7 +94,9 @@ def plan(args, py=None):
     steps.append(("info", [py, "-m", "pygpt.info"], {}, 60))
     tests = [py, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider", os.path.join(ROOT, "tests", "kernels"),
              "-k", "cuda or triton", os.path.join(ROOT, "tests", "test_cuda_build.py")]
-    steps.append(("tests", tests + (["-x"] if args.quick else []), {}, 240))
+    # one Triton config per kernel in the tests: correctness needs no tuning, and the autotuner
+    # would re-tune every new (T, D) of the shape list
+    steps.append(("tests", tests + (["-x"] if args.quick else []), {"PYGPT_TRITON_AUTOTUNE": "0"}, 240))
     sani = args.sanitizer or "compute-sanitizer"
     for tool, which in (("memcheck", "all"), ("racecheck", "attention"), ("racecheck", "layer_norm")):
         steps.append((f"{tool}-{which}", [sani, "--tool", tool, "--error-exitcode", "7", py, "-m", "pygpt.gpucheck",

@@ -60,8 +60,9 @@ fp32 results keep parity with the float64 reference (TF32 would lose ~3 decimal 
 both accept it.
 
 Tuning: ``@triton.autotune`` over tile sizes / warps / stages keyed on (Tq, Tk, BLOCK_D, CAUSAL), with
-configs aimed at A100 and H100 (SM80/SM90, ≤ 228 KB shared memory; configs that do not fit are skipped
-by the autotuner). Under ``TRITON_INTERPRET=1`` (CPU) one small config is used and nothing is tuned.
+six configs per kernel aimed at A100 and H100 (SM80/SM90, ≤ 228 KB shared memory; configs that do not
+fit are skipped by the autotuner). Under ``TRITON_INTERPRET=1`` (CPU) one small config is used and
+nothing is tuned; ``PYGPT_TRITON_AUTOTUNE=0`` uses one default GPU config (64 x 64, 4 warps).
 
 Not supported: dropout (the op layer rejects ``dropout_p > 0`` for fused backends), head dims above
 256 (D > 128 is correct but untuned), dtypes other than fp16/bf16/fp32, attention masks other than
@@ -80,6 +81,9 @@ import triton.language as tl
 __all__ = ["attention"]
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# PYGPT_TRITON_AUTOTUNE=0: one default config per kernel instead of a tuning round per new shape (the
+# GPU tests use it: correctness does not need tuning, and every new (Tq, Tk) would re-tune)
+_AUTOTUNE = os.environ.get("PYGPT_TRITON_AUTOTUNE", "1") != "0"
 _MAX_D = 256
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -90,23 +94,23 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 def _fwd_configs():
     if _INTERPRET:
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
-    cfgs = []
-    for bm, bn in ((128, 64), (128, 128), (64, 64), (128, 32), (64, 32)):
-        for warps in (4, 8):
-            for stages in (2, 3, 4):
-                cfgs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages))
-    return cfgs
+    if not _AUTOTUNE:  # one config that fits every D <= 256 on sm_80/sm_90 (tests, quick checks)
+        return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=2)]
+    # A small A100/H100 set (each config costs a compile and a timing round per key): FA2's own
+    # Triton tiles (128 x 64 / 128 x 128, 4-8 warps) plus smaller ones for D = 128 and short T.
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
+            for bm, bn, w, st in ((128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3),
+                                  (128, 32, 4, 4), (64, 32, 4, 2))]
 
 
 def _bwd_configs():
     if _INTERPRET:
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
-    cfgs = []
-    for bm, bn in ((64, 64), (64, 128), (128, 64), (32, 64), (128, 128), (32, 32)):
-        for warps in (4, 8):
-            for stages in (2, 3):
-                cfgs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages))
-    return cfgs
+    if not _AUTOTUNE:
+        return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=2)]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
+            for bm, bn, w, st in ((64, 64, 4, 2), (64, 64, 8, 3), (128, 64, 8, 2), (64, 128, 8, 2),
+                                  (32, 64, 4, 2), (32, 32, 4, 2))]
 
 
 def _prune_causal(configs, named_args, **kwargs):

@@ -90,6 +90,8 @@ import triton.language as tl
 from torch import Tensor
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# PYGPT_TRITON_AUTOTUNE=0: one config (64 x 64 x 32, the smallest), no tuning round per new (M, N, K)
+AUTOTUNE = os.environ.get("PYGPT_TRITON_AUTOTUNE", "1") != "0"
 
 # A100/H100 configs (fp16/bf16 tensor cores; fp32 'ieee' runs on FMA units and prefers fewer stages).
 if INTERPRET:
@@ -104,6 +106,8 @@ else:
         triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=4, num_stages=4),
         triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=4, num_stages=3),
     ]
+    if not AUTOTUNE:
+        _CONFIGS = _CONFIGS[-1:]
 
 _SQRT_2_OVER_PI = tl.constexpr(0.7978845608028654)
 _INV_SQRT_2 = tl.constexpr(0.7071067811865476)
