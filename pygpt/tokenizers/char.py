@@ -1,20 +1,10 @@
-"""Tokenizers: turn text into integers and back.
-
-The lecture starts with the simplest possible one: every distinct character is a token. The
-vocabulary is tiny (65 symbols for tiny Shakespeare) and sequences are long; subword tokenizers
-(SentencePiece, GPT-2's byte-level BPE) trade a bigger vocabulary for shorter sequences.
-
-Every tokenizer here has the same small interface:
-
-    encode(str) -> list[int]      decode(list[int]) -> str      vocab_size
-    to_dict() / from_dict(d)      save(path) / load(path)        (JSON)
-"""
+"""CharTokenizer: the lecture's tokenizer, one token per character."""
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Iterable
+
+from ._io import read_json, write_json
 
 
 class CharTokenizer:
@@ -72,41 +62,14 @@ class CharTokenizer:
         return cls(d["chars"])
 
     def save(self, path: str) -> None:
-        _write_json(path, self.to_dict())
+        write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str) -> "CharTokenizer":
-        return cls.from_dict(_read_json(path))
+        return cls.from_dict(read_json(path))
 
     def __eq__(self, other) -> bool:
         return isinstance(other, CharTokenizer) and self.chars == other.chars
 
     def __repr__(self) -> str:
         return f"CharTokenizer(vocab_size={self.vocab_size})"
-
-
-_KINDS = {"char": CharTokenizer}
-
-
-def tokenizer_from_dict(d: dict):
-    """Rebuild any tokenizer from its `to_dict()` form (as stored in meta.json and checkpoints)."""
-    kind = d.get("type") if isinstance(d, dict) else None
-    if kind not in _KINDS:
-        raise ValueError(f"unknown tokenizer type {kind!r}; known: {', '.join(_KINDS)}")
-    return _KINDS[kind].from_dict(d)
-
-
-def load_tokenizer(path: str):
-    return tokenizer_from_dict(_read_json(path))
-
-
-def _write_json(path: str, obj) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, ensure_ascii=False, indent=1)
-    os.replace(tmp, path)
-
-
-def _read_json(path: str):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
