@@ -4,7 +4,13 @@ A prepared data set is a folder:
 
     train.bin   the first 90 % of the token stream, uint16 (uint32 if the vocabulary is larger)
     val.bin     the last 10 %
-    meta.json   the tokenizer, token counts, dtype and where the text came from
+    meta.json   the tokenizer, token counts, UTF-8 byte counts per split (for bits per byte), the
+                dtype and where the text came from
+
+`prepare_corpus` streams a file or a folder of .txt files document by document (a file is a
+document, or is split into documents at runs of blank lines), so no corpus-sized string is held in
+memory beyond the sample a subword tokenizer trains on; between documents of a BPE or SentencePiece
+data set it puts the separator token <|endoftext|>.
 
 `Dataset(folder).get_batch('train', batch_size, block_size)` then picks `batch_size` random
 offsets and returns inputs x = data[i : i+T] and targets y = data[i+1 : i+T+1]: every position
@@ -15,8 +21,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
+import time
 import urllib.request
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -117,6 +127,8 @@ def prepare(text: str, out_dir: str, source: dict, tokenizer=None, force: bool =
         p = os.path.join(out_dir, name)
         if os.path.exists(p) and not owned and not force:
             raise FileExistsError(f"{p} exists and was not written by pygpt.prepare; pass --force to overwrite")
+    n_bytes = len(text.encode("utf-8", "surrogatepass"))
+    val_bytes = len(tok.decode(ids[split:].tolist()).encode("utf-8", "surrogatepass"))
     meta = {
         "format": "pygpt-data-1",
         "tokenizer": tok.to_dict(),
@@ -125,6 +137,10 @@ def prepare(text: str, out_dir: str, source: dict, tokenizer=None, force: bool =
         "train_tokens": split,
         "val_tokens": n - split,
         "chars": len(text),
+        "bytes": n_bytes,
+        "train_bytes": n_bytes - val_bytes,
+        "val_bytes": val_bytes,
+        "documents": 1,
         "source": source,
     }
     for name, part in (("train.bin", ids[:split]), ("val.bin", ids[split:])):
@@ -152,6 +168,225 @@ def prepare_shakespeare_char(out_dir: str | None = None, input_path: str | None 
     text, _ = read_text(input_path)
     source = {"name": "shakespeare_char", "path": os.path.abspath(input_path), "sha256": sha256_file(input_path)}
     return prepare(text, out_dir, source, force=force)
+
+
+# ----------------------------------------------------------------------------------------------
+# corpora of any size, any tokenizer
+
+TOKENIZERS = ("char", "bpe", "sentencepiece", "sentencepiece-unigram")
+SEPARATOR = "<|endoftext|>"
+CHAR_JOINER = "\n\n"
+# --normalize ascii: typographic characters a char vocabulary from plain ASCII text (tiny Shakespeare)
+# lacks, mapped to their ASCII spelling before the rest are dropped
+ASCII_MAP = {"\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'", "\u201c": '"', "\u201d": '"',
+             "\u201e": '"', "\u2013": "-", "\u2014": "--", "\u2015": "--", "\u2026": "...", "\u00a0": " ",
+             "\u00ab": '"', "\u00bb": '"', "\u2032": "'", "\u2033": '"', "\u00ad": "", "\ufeff": ""}
+
+
+def text_files(path: str) -> list[str]:
+    """The file itself, or every .txt file below a folder, sorted."""
+    if os.path.isdir(path):
+        files = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs if f.endswith(".txt"))
+        if not files:
+            raise FileNotFoundError(f"no .txt files under {path}")
+        return files
+    if os.path.isfile(path):
+        return [path]
+    raise FileNotFoundError(f"input {path} does not exist")
+
+
+def read_document_file(path: str) -> str:
+    """A file's text; a clear error for binary (NUL bytes) or non-UTF-8 content."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    if b"\x00" in raw:
+        raise ValueError(f"{path} looks binary (it contains NUL bytes), not text")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text ({e})") from None
+
+
+def iter_documents(path: str, doc_blank_lines: int | None = None) -> Iterator[str]:
+    """Documents of a file or folder, one file at a time; with `doc_blank_lines` N, a run of N or
+    more blank lines inside a file also ends a document (the Gutenberg corpus puts 4 between books)."""
+    splitter = re.compile(r"\n(?:[ \t]*\n){%d,}" % doc_blank_lines) if doc_blank_lines else None
+    for f in text_files(path):
+        text = read_document_file(f)
+        for doc in (splitter.split(text) if splitter else [text]):
+            if doc:
+                yield doc
+
+
+def normalize_ascii(text: str) -> str:
+    return text.translate(str.maketrans(ASCII_MAP)) if any(c in text for c in ASCII_MAP) else text
+
+
+def _sample(docs: Iterator[str], max_chars: int) -> list[str]:
+    out, n = [], 0
+    for d in docs:
+        out.append(d[: max_chars - n])
+        n += len(out[-1])
+        if n >= max_chars:
+            break
+    return out
+
+
+def build_tokenizer(kind: str, input_path: str, vocab_size: int | None = None, doc_blank_lines=None,
+                    train_chars: int = 20_000_000, normalize: str | None = None):
+    """Train a tokenizer of `kind` on (a prefix of at most `train_chars` characters of) the corpus."""
+    if kind not in TOKENIZERS:
+        raise ValueError(f"--tokenizer must be one of {', '.join(TOKENIZERS)}, got {kind!r}")
+    docs = iter_documents(input_path, doc_blank_lines)
+    if kind == "char":
+        if vocab_size is not None:
+            raise ValueError("--vocab-size does not apply to the char tokenizer (its vocabulary is the text's characters)")
+        chars: set = set()
+        for i, d in enumerate(docs):  # every character of the whole corpus, streamed
+            chars.update(normalize_ascii(d) if normalize == "ascii" else d)
+            if i:
+                chars.add("\n")  # documents of a char data set are joined by a blank line
+        if not chars:
+            raise ValueError(f"input {input_path} is empty")
+        return CharTokenizer(sorted(chars))
+    if vocab_size is None:
+        raise ValueError(f"--tokenizer {kind} needs --vocab-size N")
+    sample = _sample(docs, train_chars)
+    if not any(sample):
+        raise ValueError(f"input {input_path} is empty")
+    if kind == "bpe":
+        from .tokenizers.bpe import BPETokenizer
+
+        return BPETokenizer.train(sample, vocab_size, special_tokens=(SEPARATOR,))
+    from .tokenizers.spm import SentencePieceTokenizer
+
+    model_type = "unigram" if kind == "sentencepiece-unigram" else "bpe"
+    return SentencePieceTokenizer.train(sample, vocab_size, model_type=model_type, special_tokens=(SEPARATOR,))
+
+
+def tokenizer_of(path: str):
+    """The tokenizer of a prepared data set folder, a training run's checkpoint folder, or a JSON file."""
+    if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, "meta.json")):
+            return tokenizer_from_dict(_read_meta(os.path.join(path, "meta.json"))["tokenizer"])
+        if os.path.isfile(os.path.join(path, "ckpt.pt")):
+            state = torch.load(os.path.join(path, "ckpt.pt"), map_location="cpu", weights_only=False)
+            return tokenizer_from_dict(state["tokenizer"])
+        raise FileNotFoundError(f"{path} holds neither a prepared data set (meta.json) nor a checkpoint (ckpt.pt)")
+    if os.path.isfile(path):
+        return tokenizer_from_dict(_read_meta(path))
+    raise FileNotFoundError(f"tokenizer source {path} does not exist")
+
+
+def _separator_id(tok):
+    if tok.kind == "char":
+        return None
+    ids = tok.encode(SEPARATOR)
+    return ids[0] if len(ids) == 1 else None
+
+
+def _check_writable(out_dir: str, force: bool) -> None:
+    meta_path = os.path.join(out_dir, "meta.json")
+    owned = os.path.exists(meta_path) and _read_meta(meta_path).get("format") == "pygpt-data-1"
+    for name in ("train.bin", "val.bin", "meta.json"):
+        p = os.path.join(out_dir, name)
+        if os.path.exists(p) and not owned and not force:
+            raise FileExistsError(f"{p} exists and was not written by pygpt.prepare; pass --force to overwrite")
+
+
+def prepare_corpus(input_path: str, out_dir: str, tokenizer, source: dict, doc_blank_lines=None,
+                   normalize: str | None = None, force: bool = False, progress: bool = True) -> dict:
+    """Tokenize a file or folder document by document into train.bin / val.bin / meta.json.
+
+    Tokens stream into a temporary file as they are made; the first 90 % become train.bin, the rest
+    val.bin. With `normalize='ascii'` (char data sets that share a smaller vocabulary) typographic
+    characters are mapped to ASCII first and characters outside the vocabulary are dropped and
+    counted (meta.json: dropped_chars); otherwise an unknown character is an error naming it."""
+    tok = tokenizer
+    _check_writable(out_dir, force)
+    os.makedirs(out_dir, exist_ok=True)
+    dtype = np.uint16 if tok.vocab_size <= 2**16 else np.uint32
+    sep = _separator_id(tok)
+    stream_path = os.path.join(out_dir, f"tokens.tmp{os.getpid()}")
+    n_tokens = n_chars = n_bytes = n_docs = dropped = 0
+    total = sum(os.path.getsize(f) for f in text_files(input_path))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="B", unit_scale=True, desc="tokenizing", leave=False)
+    t0 = time.perf_counter()
+    try:
+        with open(stream_path, "wb") as out:
+            for doc in iter_documents(input_path, doc_blank_lines):
+                doc_bytes = len(doc.encode("utf-8"))
+                if normalize == "ascii":
+                    doc = normalize_ascii(doc)
+                    if tok.kind == "char":
+                        kept = "".join(c for c in doc if c in tok.stoi)
+                        dropped += len(doc) - len(kept)
+                        doc = kept
+                if sep is None and n_docs and tok.kind == "char":
+                    doc = CHAR_JOINER + doc  # no separator token in a char vocabulary: a blank line
+                ids = tok.encode(doc)
+                if sep is not None and n_docs:
+                    ids = [sep] + ids
+                np.asarray(ids, dtype=dtype).tofile(out)
+                n_tokens += len(ids)
+                n_chars += len(doc)
+                n_bytes += len(doc.encode("utf-8", "surrogatepass"))
+                n_docs += 1
+                if bar is not None:
+                    bar.update(doc_bytes)
+        if n_tokens < 2:
+            raise ValueError(f"the text has only {n_tokens} tokens; need at least 2")
+        ids = np.memmap(stream_path, dtype=dtype, mode="r")
+        split = int(n_tokens * TRAIN_FRACTION)
+        val = np.asarray(ids[split:])
+        val_ids = val[val != sep] if sep is not None else val
+        val_bytes = len(tok.decode(val_ids.tolist()).encode("utf-8", "surrogatepass"))
+        for name, part in (("train.bin", ids[:split]), ("val.bin", val)):
+            p = os.path.join(out_dir, name)
+            np.asarray(part).tofile(p + ".tmp")
+            os.replace(p + ".tmp", p)
+        del ids
+    finally:
+        if bar is not None:
+            bar.close()
+        if os.path.exists(stream_path):
+            os.remove(stream_path)
+    meta = {
+        "format": "pygpt-data-1",
+        "tokenizer": tok.to_dict(),
+        "vocab_size": tok.vocab_size,
+        "dtype": np.dtype(dtype).name,
+        "train_tokens": split,
+        "val_tokens": n_tokens - split,
+        "chars": n_chars,
+        "bytes": n_bytes,
+        "train_bytes": n_bytes - val_bytes,
+        "val_bytes": val_bytes,
+        "documents": n_docs,
+        "separator": SEPARATOR if sep is not None else None,
+        "dropped_chars": dropped,
+        "normalize": normalize,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "source": source,
+    }
+    meta_path = os.path.join(out_dir, "meta.json")
+    with open(meta_path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(meta, f, ensure_ascii=False, indent=1)
+    os.replace(meta_path + ".tmp", meta_path)
+    return meta
+
+
+def bits_per_byte(loss_nats: float, meta: dict, split: str) -> float | None:
+    """A split's mean next-token loss (nats per token) as bits per UTF-8 byte of its text: the
+    measure that compares tokenizers honestly (a bigger vocabulary has fewer, harder tokens)."""
+    tokens, nbytes = meta.get(f"{split}_tokens"), meta.get(f"{split}_bytes")
+    if not tokens or not nbytes:
+        return None
+    return loss_nats / math.log(2) * tokens / nbytes
 
 
 class Dataset:

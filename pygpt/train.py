@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
-from . import checkpoint, ops
+from . import checkpoint, data, ops
 from ._cli import Parser, run
 from .data import Dataset, resolve_dataset
 from .model import GPT, BigramLanguageModel, GPTConfig
@@ -382,12 +382,16 @@ def main(argv=None) -> int:
                 losses = estimate_loss(model, dataset, cfg, device, amp)
                 last_eval = losses
                 best_val = min(best_val, losses["val"])
+                bpb = {k: data.bits_per_byte(losses[k], dataset.meta, k) for k in ("train", "val")}
                 msg = f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+                if bpb["val"] is not None:  # bits per byte compare runs with different tokenizers
+                    msg += f" ({bpb['train']:.3f} / {bpb['val']:.3f} bits per byte)"
                 if bar.disable:
                     print(msg, flush=True)
                 else:
                     bar.write(msg)
                 log.write(json.dumps({"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"],
+                                      "train_bpb": bpb["train"], "val_bpb": bpb["val"],
                                       "time": time.time() - t_start}) + "\n")
                 log.flush()
                 save_checkpoint()
@@ -439,10 +443,13 @@ def main(argv=None) -> int:
                "tokens_per_s": round(tokens_seen / wall) if wall > 0 else None,
                "train_tokens_per_s": round(tokens_seen / train_time) if train_time > 0 else None,
                "train_loss": last_eval and last_eval["train"], "val_loss": last_eval and last_eval["val"],
+               "val_bpb": last_eval and data.bits_per_byte(last_eval["val"], dataset.meta, "val"),
                "device": str(device), "backend": cfg.backend}
     with open(os.path.join(cfg.out_dir, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1)
     val = f"{summary['val_loss']:.4f}" if last_eval else "n/a"
+    if last_eval and summary["val_bpb"] is not None:
+        val += f" ({summary['val_bpb']:.3f} bits per byte)"
     print(f"done: iter {iter_num}, {wall:.1f}s wall, {summary['train_tokens_per_s'] or 0:,} tokens/s in training steps "
           f"({summary['tokens_per_s'] or 0:,} incl. evals); val loss {val}; checkpoint {ckpt_file}")
     if cfg.sample_tokens:
