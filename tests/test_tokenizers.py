@@ -80,14 +80,19 @@ def test_save_load_non_ascii(tmp_path):
     assert CharTokenizer.load(str(path)) == tok
 
 
-@pytest.mark.parametrize("d", [{"type": "bpe", "merges": []}, {"chars": "abc"}, {"type": None}, ["char"], None])
+@pytest.mark.parametrize("d", [{"type": "wordpiece", "vocab": []}, {"chars": "abc"}, {"type": None}, ["char"], None])
 def test_tokenizer_from_dict_unknown_type(d):
     with pytest.raises(ValueError, match="unknown tokenizer type"):
         tokenizer_from_dict(d)
 
 
 def test_tokenizer_from_dict_names_bad_type():
-    with pytest.raises(ValueError, match="'bpe'.*char"):
+    with pytest.raises(ValueError, match="'wordpiece'.*char, bpe, sentencepiece"):
+        tokenizer_from_dict({"type": "wordpiece"})
+
+
+def test_tokenizer_from_dict_incomplete_bpe():
+    with pytest.raises(ValueError, match="merges"):
         tokenizer_from_dict({"type": "bpe"})
 
 
