@@ -265,8 +265,13 @@ def build_tokenizer(kind: str, input_path: str, vocab_size: int | None = None, d
 
 
 def tokenizer_of(path: str):
-    """The tokenizer of a prepared data set folder, a training run's checkpoint folder, or a JSON file."""
+    """The tokenizer of a prepared data set folder, a training run's checkpoint folder, a folder of
+    GPT-2 style vocab.json + merges.txt, or a tokenizer JSON file."""
     if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, "vocab.json")) or os.path.isfile(os.path.join(path, "merges.txt")):
+            from .tokenizers.bpe import BPETokenizer  # GPT-2 style files; a missing one is an error naming it
+
+            return BPETokenizer.from_gpt2_files(os.path.join(path, "vocab.json"), os.path.join(path, "merges.txt"))
         if os.path.isfile(os.path.join(path, "meta.json")):
             return tokenizer_from_dict(_read_meta(os.path.join(path, "meta.json"))["tokenizer"])
         if os.path.isfile(os.path.join(path, "ckpt.pt")):

@@ -33,7 +33,8 @@ def main(argv=None) -> int:
     p.add_argument("--tokenizer", default=None, help=f"text: {' | '.join(data.TOKENIZERS)} (default char)")
     p.add_argument("--vocab-size", type=int, default=None, help="text: vocabulary size of a bpe/sentencepiece tokenizer")
     p.add_argument("--tokenizer-from", default=None,
-                   help="text: reuse the tokenizer of a prepared data set, a run's out dir, or a tokenizer JSON")
+                   help="text: reuse the tokenizer of a prepared data set, a run's out dir, a folder with GPT-2 "
+                   "vocab.json + merges.txt, or a tokenizer JSON")
     p.add_argument("--train-chars", type=int, default=20_000_000,
                    help="text: characters a subword tokenizer trains on (a prefix of the corpus; default 20M)")
     p.add_argument("--doc-blank-lines", type=int, default=None,

@@ -159,3 +159,37 @@ def test_subword_data_set_with_separators(tmp_path, capsys, kind):
                                  "--no-progress")
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "ft" / "meta.json").read_text())["tokenizer"] == meta["tokenizer"]
+
+
+def test_bpe_vocab_smaller_than_the_byte_alphabet(tmp_path, capsys):
+    if importlib.util.find_spec("pygpt.tokenizers.bpe") is None:
+        pytest.skip("bpe not there yet")
+    src = tmp_path / "in.txt"
+    src.write_text("some text\n" * 10, encoding="utf-8")
+    line = assert_one_line_error(run_prepare_inprocess(capsys, "text", "--input", src, "--out", tmp_path / "o",
+                                                       "--tokenizer", "bpe", "--vocab-size", "100", "--no-progress"))
+    assert "100" in line and "257" in line
+    assert not (tmp_path / "o" / "meta.json").exists()
+
+
+def test_gpt2_files_folder_and_missing_merges(tmp_path, capsys):
+    if importlib.util.find_spec("pygpt.tokenizers.bpe") is None:
+        pytest.skip("bpe not there yet")
+    from pygpt.tokenizers.bpe import BPETokenizer
+
+    src = tmp_path / "in.txt"
+    src.write_text("the cat sat on the mat\n" * 40, encoding="utf-8")
+    tok = BPETokenizer.train(src.read_text(), 270)
+    files = tmp_path / "gpt2files"
+    files.mkdir()
+    tok.save_gpt2_files(str(files / "vocab.json"), str(files / "merges.txt"))
+    assert (files / "vocab.json").is_file() and (files / "merges.txt").is_file()
+    out = tmp_path / "o"
+    proc = run_prepare_inprocess(capsys, "text", "--input", src, "--out", out, "--tokenizer-from", files, "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    meta = json.loads((out / "meta.json").read_text())
+    assert tokenizer_from_dict(meta["tokenizer"]).encode("the cat") == tok.encode("the cat")
+    (files / "merges.txt").unlink()
+    line = assert_one_line_error(run_prepare_inprocess(capsys, "text", "--input", src, "--out", tmp_path / "o2",
+                                                       "--tokenizer-from", files, "--no-progress"))
+    assert "merges.txt" in line
