@@ -124,6 +124,13 @@
 
 #include <cstdint>
 
+// Kernel launches are written PYGPT_LAUNCH(grid, block, smem, stream, kernel)(args...): the
+// triple-chevron launch; tests/cuda_emu/emu.h (the host emulator that runs these kernels in CI, see
+// tests/test_cuda_emulation.py) defines it first to run them on the CPU.
+#ifndef PYGPT_LAUNCH
+#define PYGPT_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>
+#endif
+
 namespace pygpt {
 namespace attn {
 
@@ -218,10 +225,14 @@ struct Elem<__half> {
   // D = A*B + D, m16n8k16, fp16 inputs, fp32 accumulators.
   static __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
                                              uint32_t b1) {
+#ifdef PYGPT_CUDA_EMULATION
+    pygpt_emu::mma_m16n8k16<__half>(d, a, b0, b1);
+#else
     asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
         "{%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
   }
 };
 
@@ -236,10 +247,14 @@ struct Elem<__nv_bfloat16> {
   static __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
   static __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
                                              uint32_t b1) {
+#ifdef PYGPT_CUDA_EMULATION
+    pygpt_emu::mma_m16n8k16<__nv_bfloat16>(d, a, b0, b1);
+#else
     asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
         "{%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
   }
 };
 
@@ -255,39 +270,63 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
 // (src-size 0: nothing is read, `src` must merely be a valid global address).
 __device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool valid) {
   const int n = valid ? 16 : 0;
+#ifdef PYGPT_CUDA_EMULATION
+  pygpt_emu::cp_async_cg_16(dst, src, n);
+#else
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n)
                : "memory");
+#endif
 }
 __device__ __forceinline__ void cp_async_commit() {
+#ifdef PYGPT_CUDA_EMULATION
+  pygpt_emu::cp_async_commit();
+#else
   asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
 }
 // Wait until at most N of this thread's committed groups are still in flight.
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
+#ifdef PYGPT_CUDA_EMULATION
+  pygpt_emu::cp_async_wait(N);
+#else
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
 }
 
 // volatile + "memory": the same smem address is re-read after __syncthreads with new contents; a
 // pure asm could be hoisted out of the loop, and without the clobber the compiler could in principle
 // move the read across the plain smem stores that filled the tile.
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+#ifdef PYGPT_CUDA_EMULATION
+  pygpt_emu::ldmatrix_x4(r, addr, false);
+#else
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(addr)
                : "memory");
+#endif
 }
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+#ifdef PYGPT_CUDA_EMULATION
+  pygpt_emu::ldmatrix_x4(r, addr, true);
+#else
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(addr)
                : "memory");
+#endif
 }
 
 // 2^x with one MUFU.EX2 (relative error ~2^-22; ex2(-inf) = +0, flushes denormal results).
 __device__ __forceinline__ float fast_exp2(float x) {
+#ifdef PYGPT_CUDA_EMULATION
+  return pygpt_emu::ex2_approx_ftz(x);
+#else
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
   return y;
+#endif
 }
 
 __device__ __forceinline__ float pos_inf() { return __int_as_float(0x7f800000); }
@@ -933,7 +972,7 @@ inline cudaError_t launch_attention_fwd(const FwdParams& p, cudaStream_t stream)
   const cudaError_t e = set_smem(attention_fwd_kernel<T, kD>, smem);
   if (e != cudaSuccess) return e;
   const auto grid = static_cast<unsigned>(fwd_ctas<kD>(p.BH, p.Tq));
-  attention_fwd_kernel<T, kD><<<grid, kThreads, smem, stream>>>(p);
+  PYGPT_LAUNCH(grid, kThreads, smem, stream, attention_fwd_kernel<T, kD>)(p);
   return cudaSuccess;
 }
 
@@ -941,7 +980,7 @@ template <typename T>
 inline cudaError_t launch_attention_bwd_delta(const DeltaParams& p, cudaStream_t stream) {
   if (p.rows <= 0) return cudaSuccess;
   const auto grid = static_cast<unsigned>(delta_ctas(p.rows));
-  attention_bwd_delta_kernel<T><<<grid, kThreads, 0, stream>>>(p);
+  PYGPT_LAUNCH(grid, kThreads, 0, stream, attention_bwd_delta_kernel<T>)(p);
   return cudaSuccess;
 }
 
@@ -953,7 +992,7 @@ inline cudaError_t launch_attention_bwd_dkdv(const BwdParams& p, cudaStream_t st
   const cudaError_t e = set_smem(attention_bwd_dkdv_kernel<T, kD>, smem);
   if (e != cudaSuccess) return e;
   const auto grid = static_cast<unsigned>(dkdv_ctas<kD>(p.BH, p.Tk));
-  attention_bwd_dkdv_kernel<T, kD><<<grid, kThreads, smem, stream>>>(p);
+  PYGPT_LAUNCH(grid, kThreads, smem, stream, attention_bwd_dkdv_kernel<T, kD>)(p);
   return cudaSuccess;
 }
 
@@ -964,7 +1003,7 @@ inline cudaError_t launch_attention_bwd_dq(const BwdParams& p, cudaStream_t stre
   const cudaError_t e = set_smem(attention_bwd_dq_kernel<T, kD>, smem);
   if (e != cudaSuccess) return e;
   const auto grid = static_cast<unsigned>(dq_ctas<kD>(p.BH, p.Tq));
-  attention_bwd_dq_kernel<T, kD><<<grid, kThreads, smem, stream>>>(p);
+  PYGPT_LAUNCH(grid, kThreads, smem, stream, attention_bwd_dq_kernel<T, kD>)(p);
   return cudaSuccess;
 }
 

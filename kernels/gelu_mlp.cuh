@@ -139,6 +139,13 @@
 #include <cstdint>
 #include <type_traits>
 
+// Kernel launches are written PYGPT_LAUNCH(grid, block, smem, stream, kernel)(args...): the
+// triple-chevron launch; tests/cuda_emu/emu.h (the host emulator that runs these kernels in CI, see
+// tests/test_cuda_emulation.py) defines it first to run them on the CPU.
+#ifndef PYGPT_LAUNCH
+#define PYGPT_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>
+#endif
+
 namespace pygpt {
 namespace mlp_kernels {
 
@@ -295,31 +302,56 @@ __device__ __forceinline__ uint32_t smem_u32(const void* p) {
 // and nothing is read (src must still be a valid address: callers pass the operand's base).
 __device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool pred) {
   const int src_size = pred ? 16 : 0;
+#ifdef PYGPT_CUDA_EMULATION
+  pygpt_emu::cp_async_cg_16(dst, src, src_size);
+#else
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_size)
                : "memory");
+#endif
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_async_commit() {
+#ifdef PYGPT_CUDA_EMULATION
+  pygpt_emu::cp_async_commit();
+#else
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
+#ifdef PYGPT_CUDA_EMULATION
+  pygpt_emu::cp_async_wait(N);
+#else
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
 }
 
 __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
+#ifdef PYGPT_CUDA_EMULATION
+  pygpt_emu::ldmatrix_x4(r, addr, false);
+#else
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(addr)
                : "memory");
+#endif
 }
 __device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+#ifdef PYGPT_CUDA_EMULATION
+  pygpt_emu::ldmatrix_x4(r, addr, true);
+#else
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(addr)
                : "memory");
+#endif
 }
 
 // d += a . b for one m16n8k16 tile, fp32 accumulators.
 template <typename T>
 __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#ifdef PYGPT_CUDA_EMULATION
+  pygpt_emu::mma_m16n8k16<T>(d, a, b[0], b[1]);
+#else
   if constexpr (std::is_same_v<T, __half>) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
@@ -334,6 +366,7 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
   }
+#endif
 }
 
 // Swizzled element offsets inside one operand tile (see the header).
@@ -674,7 +707,7 @@ inline cudaError_t launch_mlp_gemm(const MlpGemmParams& p, cudaStream_t stream) 
   if (e != cudaSuccess) return e;
   const int64_t tiles =
       static_cast<int64_t>((p.m + kBM - 1) / kBM) * static_cast<int64_t>((p.n + kBN - 1) / kBN);
-  kernel<<<static_cast<unsigned>(tiles), kThreads, kSmemBytes, stream>>>(p);
+  PYGPT_LAUNCH(static_cast<unsigned>(tiles), kThreads, kSmemBytes, stream, kernel)(p);
   return cudaSuccess;
 }
 
@@ -689,16 +722,16 @@ template <typename Tin, typename Tpre, typename Tact>
 inline void launch_bias_gelu(const Tin* in, const Tin* bias, Tpre* pre, Tact* act, int64_t rows, int64_t cols,
                              bool tanh_form, cudaStream_t stream) {
   if (rows <= 0 || cols <= 0) return;
-  mlp_bias_gelu_kernel<Tin, Tpre, Tact>
-      <<<elementwise_grid(rows, cols), 256, 0, stream>>>(in, bias, pre, act, rows, cols, tanh_form ? 1 : 0);
+  PYGPT_LAUNCH(elementwise_grid(rows, cols), 256, 0, stream, mlp_bias_gelu_kernel<Tin, Tpre, Tact>)(
+      in, bias, pre, act, rows, cols, tanh_form ? 1 : 0);
 }
 
 template <typename Tpre, typename Acc>
 inline void launch_dgelu(Acc* d, const Tpre* pre, Acc* act, int64_t rows, int64_t cols, bool tanh_form,
                          cudaStream_t stream) {
   if (rows <= 0 || cols <= 0) return;
-  mlp_dgelu_kernel<Tpre, Acc>
-      <<<elementwise_grid(rows, cols), 256, 0, stream>>>(d, pre, act, rows, cols, tanh_form ? 1 : 0);
+  PYGPT_LAUNCH(elementwise_grid(rows, cols), 256, 0, stream, mlp_dgelu_kernel<Tpre, Acc>)(
+      d, pre, act, rows, cols, tanh_form ? 1 : 0);
 }
 
 }  // namespace mlp_kernels

@@ -91,6 +91,13 @@
 
 #include <cstdint>
 
+// Kernel launches are written PYGPT_LAUNCH(grid, block, smem, stream, kernel)(args...): the
+// triple-chevron launch; tests/cuda_emu/emu.h (the host emulator that runs these kernels in CI, see
+// tests/test_cuda_emulation.py) defines it first to run them on the CPU.
+#ifndef PYGPT_LAUNCH
+#define PYGPT_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>
+#endif
+
 namespace pygpt {
 namespace ln {
 
@@ -694,15 +701,15 @@ inline void launch_layer_norm_fwd(LnFwdParams<T> p, int num_sms, cudaStream_t st
     const dim3 grid(static_cast<unsigned>(
         min_i64((p.N + kWarpsPerBlock - 1) / kWarpsPerBlock, grid_cap)));
     if (p.C <= 32 * 8) {
-      layer_norm_fwd_warp_kernel<T, 8><<<grid, kWarpThreads, 0, stream>>>(p);
+      PYGPT_LAUNCH(grid, kWarpThreads, 0, stream, layer_norm_fwd_warp_kernel<T, 8>)(p);
     } else if (p.C <= 32 * 16) {
-      layer_norm_fwd_warp_kernel<T, 16><<<grid, kWarpThreads, 0, stream>>>(p);
+      PYGPT_LAUNCH(grid, kWarpThreads, 0, stream, layer_norm_fwd_warp_kernel<T, 16>)(p);
     } else {
       if constexpr (LnTraits<T>::kMaxFwdE >= 64) {
         if (p.C <= 32 * 32)
-          layer_norm_fwd_warp_kernel<T, 32><<<grid, kWarpThreads, 0, stream>>>(p);
+          PYGPT_LAUNCH(grid, kWarpThreads, 0, stream, layer_norm_fwd_warp_kernel<T, 32>)(p);
         else
-          layer_norm_fwd_warp_kernel<T, 64><<<grid, kWarpThreads, 0, stream>>>(p);
+          PYGPT_LAUNCH(grid, kWarpThreads, 0, stream, layer_norm_fwd_warp_kernel<T, 64>)(p);
       }
     }
   } else {
@@ -710,8 +717,8 @@ inline void launch_layer_norm_fwd(LnFwdParams<T> p, int num_sms, cudaStream_t st
     const int64_t cache_bytes = static_cast<int64_t>(p.C) * static_cast<int64_t>(sizeof(A));
     const bool use_cache = cache_bytes <= kMaxCacheBytes;
     const dim3 grid(static_cast<unsigned>(min_i64(p.N, grid_cap)));
-    layer_norm_fwd_block_kernel<T><<<grid, threads, use_cache ? static_cast<size_t>(cache_bytes) : 0,
-                                     stream>>>(p, use_cache);
+    PYGPT_LAUNCH(grid, threads, use_cache ? static_cast<size_t>(cache_bytes) : 0, stream,
+                 layer_norm_fwd_block_kernel<T>)(p, use_cache);
   }
 }
 
@@ -775,17 +782,17 @@ inline void launch_layer_norm_bwd_rows(LnBwdParams<T> p, const LnBwdPlan& plan,
   const dim3 grid(static_cast<unsigned>(plan.blocks));
   switch (plan.kE) {
     case 8:
-      layer_norm_bwd_warp_kernel<T, 8><<<grid, kWarpThreads, 0, stream>>>(p);
+      PYGPT_LAUNCH(grid, kWarpThreads, 0, stream, layer_norm_bwd_warp_kernel<T, 8>)(p);
       break;
     case 16:
-      layer_norm_bwd_warp_kernel<T, 16><<<grid, kWarpThreads, 0, stream>>>(p);
+      PYGPT_LAUNCH(grid, kWarpThreads, 0, stream, layer_norm_bwd_warp_kernel<T, 16>)(p);
       break;
     case 32:
       if constexpr (LnTraits<T>::kMaxBwdE >= 32)
-        layer_norm_bwd_warp_kernel<T, 32><<<grid, kWarpThreads, 0, stream>>>(p);
+        PYGPT_LAUNCH(grid, kWarpThreads, 0, stream, layer_norm_bwd_warp_kernel<T, 32>)(p);
       break;
     default:
-      layer_norm_bwd_block_kernel<T><<<grid, plan.threads, 0, stream>>>(p);
+      PYGPT_LAUNCH(grid, plan.threads, 0, stream, layer_norm_bwd_block_kernel<T>)(p);
       break;
   }
 }
@@ -796,7 +803,7 @@ inline void launch_layer_norm_bwd_reduce(const A* partial, int P, int C, A* dw, 
                                          cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>((C + 31) / 32), 2);
   const dim3 block(32, kReduceRowThreads);
-  layer_norm_bwd_reduce_kernel<A><<<grid, block, 0, stream>>>(partial, P, C, dw, db);
+  PYGPT_LAUNCH(grid, block, 0, stream, layer_norm_bwd_reduce_kernel<A>)(partial, P, C, dw, db);
 }
 
 }  // namespace ln
