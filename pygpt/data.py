@@ -120,13 +120,9 @@ def prepare(text: str, out_dir: str, source: dict, tokenizer=None, force: bool =
         raise ValueError(f"the text has only {n} tokens; need at least 2")
     dtype = np.uint16 if tok.vocab_size <= 2**16 else np.uint32
     split = int(n * TRAIN_FRACTION)
+    _check_writable(out_dir, force)
     os.makedirs(out_dir, exist_ok=True)
     meta_path = os.path.join(out_dir, "meta.json")
-    owned = os.path.exists(meta_path) and _read_meta(meta_path).get("format") == "pygpt-data-1"
-    for name in ("train.bin", "val.bin", "meta.json"):
-        p = os.path.join(out_dir, name)
-        if os.path.exists(p) and not owned and not force:
-            raise FileExistsError(f"{p} exists and was not written by pygpt.prepare; pass --force to overwrite")
     n_bytes = len(text.encode("utf-8", "surrogatepass"))
     val_bytes = len(tok.decode(ids[split:].tolist()).encode("utf-8", "surrogatepass"))
     meta = {
@@ -291,6 +287,7 @@ def _separator_id(tok):
 
 
 def _check_writable(out_dir: str, force: bool) -> None:
+    """Refuse a folder holding train.bin / val.bin / meta.json that pygpt.prepare did not write."""
     meta_path = os.path.join(out_dir, "meta.json")
     owned = os.path.exists(meta_path) and _read_meta(meta_path).get("format") == "pygpt-data-1"
     for name in ("train.bin", "val.bin", "meta.json"):

@@ -356,37 +356,39 @@ struct Fwd {
   bool tanh_form;
 };
 
+// The hand-written GEMM's parameters for C (m x n, ldc) = A . B (operand layouts are template
+// arguments of launch_mlp_gemm); epilogue inputs/outputs (bias, aux, act, colsum) are set by the caller.
+mk::MlpGemmParams gemm_params(const void* a, int64_t lda, const void* b, int64_t ldb, void* c, int64_t ldc,
+                              int64_t m, int64_t n, int64_t k, bool tanh_form) {
+  mk::MlpGemmParams p{};
+  p.a = a;
+  p.lda = lda;
+  p.b = b;
+  p.ldb = ldb;
+  p.c = c;
+  p.ldc = ldc;
+  p.m = static_cast<int>(m);
+  p.n = static_cast<int>(n);
+  p.k = static_cast<int>(k);
+  p.gelu_tanh = tanh_form ? 1 : 0;
+  return p;
+}
+
 template <typename T>
 void fwd_mma(const Fwd& f, cudaStream_t s) {
   at::Tensor act = at::empty({f.M, f.Hd}, f.x2.options());
-  mk::MlpGemmParams up{};
-  up.a = f.x2.data_ptr();  // A[m][c] = x, K-major
-  up.lda = f.C;
-  up.b = f.wfc.data_ptr();  // B[c][h] = w_fc[h][c], K-major
-  up.ldb = f.C;
-  up.c = act.data_ptr();
-  up.ldc = f.Hd;
+  // up: A[m][c] = x (K-major), B[c][h] = w_fc[h][c] (K-major); epilogue + b_fc, pre -> aux, gelu -> C
+  mk::MlpGemmParams up = gemm_params(f.x2.data_ptr(), f.C, f.wfc.data_ptr(), f.C, act.data_ptr(), f.Hd,
+                                     f.M, f.Hd, f.C, f.tanh_form);
   up.bias = opt_ptr(f.bfc);
   up.aux = f.pre.data_ptr();
   up.ld_aux = f.Hd;
-  up.m = static_cast<int>(f.M);
-  up.n = static_cast<int>(f.Hd);
-  up.k = static_cast<int>(f.C);
-  up.gelu_tanh = f.tanh_form ? 1 : 0;
   check_launch(mk::launch_mlp_gemm<T, true, true, mk::kEpiGeluAux>(up, s));
 
-  mk::MlpGemmParams dn{};
-  dn.a = act.data_ptr();  // A[m][h] = act, K-major
-  dn.lda = f.Hd;
-  dn.b = f.wproj.data_ptr();  // B[h][c] = w_proj[c][h], K-major
-  dn.ldb = f.Hd;
-  dn.c = f.out.data_ptr();
-  dn.ldc = f.C;
+  // down: A[m][h] = act (K-major), B[h][c] = w_proj[c][h] (K-major); epilogue + b_proj
+  mk::MlpGemmParams dn = gemm_params(act.data_ptr(), f.Hd, f.wproj.data_ptr(), f.Hd, f.out.data_ptr(), f.C,
+                                     f.M, f.C, f.Hd, f.tanh_form);
   dn.bias = opt_ptr(f.bproj);
-  dn.m = static_cast<int>(f.M);
-  dn.n = static_cast<int>(f.C);
-  dn.k = static_cast<int>(f.Hd);
-  dn.gelu_tanh = up.gelu_tanh;
   check_launch(mk::launch_mlp_gemm<T, true, true, mk::kEpiStore>(dn, s));
 }
 
@@ -537,70 +539,34 @@ struct Bwd {
 
 template <typename T>
 void bwd_mma(const Bwd& b, cudaStream_t s) {
-  const int tanh_i = b.tanh_form ? 1 : 0;
   const int64_t tiles_m = (b.M + mk::kBM - 1) / mk::kBM;
   at::Tensor partial = at::empty({tiles_m, b.Hd}, b.go2.options().dtype(at::kFloat));
 
   // dpre = (dout . w_proj) * gelu'(pre), act = gelu(pre), partial column sums of dpre.
-  mk::MlpGemmParams p1{};
-  p1.a = b.go2.data_ptr();  // A[m][c] = dout, K-major
-  p1.lda = b.C;
-  p1.b = b.wproj.data_ptr();  // B[c][h] = w_proj[c][h], N-major
-  p1.ldb = b.Hd;
-  p1.c = b.dpre.data_ptr();
-  p1.ldc = b.Hd;
+  // A[m][c] = dout (K-major), B[c][h] = w_proj[c][h] (N-major).
+  mk::MlpGemmParams p1 = gemm_params(b.go2.data_ptr(), b.C, b.wproj.data_ptr(), b.Hd, b.dpre.data_ptr(), b.Hd,
+                                     b.M, b.Hd, b.C, b.tanh_form);
   p1.aux = b.pre2.data_ptr();
   p1.ld_aux = b.Hd;
   p1.act = b.act.data_ptr();
   p1.ld_act = b.Hd;
   p1.colsum = ptr<float>(partial);
-  p1.m = static_cast<int>(b.M);
-  p1.n = static_cast<int>(b.Hd);
-  p1.k = static_cast<int>(b.C);
-  p1.gelu_tanh = tanh_i;
   check_launch(mk::launch_mlp_gemm<T, true, false, mk::kEpiDGelu>(p1, s));
 
   // dW_proj (C, Hd) = dout^T . act: A[c][m] = dout[m][c] (M-major), B[m][h] = act (N-major), K = tokens.
-  mk::MlpGemmParams p2{};
-  p2.a = b.go2.data_ptr();
-  p2.lda = b.C;
-  p2.b = b.act.data_ptr();
-  p2.ldb = b.Hd;
-  p2.c = b.dwproj.data_ptr();
-  p2.ldc = b.Hd;
-  p2.m = static_cast<int>(b.C);
-  p2.n = static_cast<int>(b.Hd);
-  p2.k = static_cast<int>(b.M);
-  p2.gelu_tanh = tanh_i;
-  check_launch(mk::launch_mlp_gemm<T, false, false, mk::kEpiStore>(p2, s));
+  check_launch(mk::launch_mlp_gemm<T, false, false, mk::kEpiStore>(
+      gemm_params(b.go2.data_ptr(), b.C, b.act.data_ptr(), b.Hd, b.dwproj.data_ptr(), b.Hd, b.C, b.Hd, b.M,
+                  b.tanh_form), s));
 
   // dW_fc (Hd, C) = dpre^T . x: A[h][m] = dpre[m][h] (M-major), B[m][c] = x (N-major).
-  mk::MlpGemmParams p3{};
-  p3.a = b.dpre.data_ptr();
-  p3.lda = b.Hd;
-  p3.b = b.x2.data_ptr();
-  p3.ldb = b.C;
-  p3.c = b.dwfc.data_ptr();
-  p3.ldc = b.C;
-  p3.m = static_cast<int>(b.Hd);
-  p3.n = static_cast<int>(b.C);
-  p3.k = static_cast<int>(b.M);
-  p3.gelu_tanh = tanh_i;
-  check_launch(mk::launch_mlp_gemm<T, false, false, mk::kEpiStore>(p3, s));
+  check_launch(mk::launch_mlp_gemm<T, false, false, mk::kEpiStore>(
+      gemm_params(b.dpre.data_ptr(), b.Hd, b.x2.data_ptr(), b.C, b.dwfc.data_ptr(), b.C, b.Hd, b.C, b.M,
+                  b.tanh_form), s));
 
   // dx (M, C) = dpre . w_fc: A[m][h] = dpre (K-major), B[h][c] = w_fc[h][c] (N-major).
-  mk::MlpGemmParams p4{};
-  p4.a = b.dpre.data_ptr();
-  p4.lda = b.Hd;
-  p4.b = b.wfc.data_ptr();
-  p4.ldb = b.C;
-  p4.c = b.dx.data_ptr();
-  p4.ldc = b.C;
-  p4.m = static_cast<int>(b.M);
-  p4.n = static_cast<int>(b.C);
-  p4.k = static_cast<int>(b.Hd);
-  p4.gelu_tanh = tanh_i;
-  check_launch(mk::launch_mlp_gemm<T, true, false, mk::kEpiStore>(p4, s));
+  check_launch(mk::launch_mlp_gemm<T, true, false, mk::kEpiStore>(
+      gemm_params(b.dpre.data_ptr(), b.Hd, b.wfc.data_ptr(), b.C, b.dx.data_ptr(), b.C, b.M, b.C, b.Hd,
+                  b.tanh_form), s));
 
   // db_fc: the [tiles_m, Hd] partials summed over tiles (fixed order), rounded into x's dtype.
   static const int64_t kDim0[] = {0};
