@@ -16,6 +16,33 @@ from .model import generate_stream
 from .train import pick_device
 
 
+class StreamDecoder:
+    """Text of a growing token sequence, piece by piece, for any tokenizer.
+
+    Decoding each new token alone is right only for characters: a byte-level BPE token can be half
+    of a UTF-8 character (it decodes to U+FFFD until the next token completes it), and SentencePiece
+    decides spaces from the neighbouring pieces. So the whole sequence is decoded and only what is
+    new is returned; while the text ends in an incomplete character nothing is returned."""
+
+    def __init__(self, tok, prompt_ids=()):
+        self.tok, self.ids = tok, list(prompt_ids)
+        self.done = len(tok.decode(self.ids)) if self.ids else 0
+
+    def push(self, new_ids) -> str:
+        self.ids.extend(new_ids)
+        text = self.tok.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return ""  # wait for the rest of the character
+        return self._take(text)
+
+    def flush(self) -> str:
+        return self._take(self.tok.decode(self.ids))
+
+    def _take(self, text: str) -> str:
+        new, self.done = text[self.done:], max(self.done, len(text))
+        return new
+
+
 def main(argv=None) -> int:
     p = Parser(prog="python -m pygpt.sample", description=__doc__.split("\n")[0])
     p.add_argument("--ckpt", required=True, help="a run folder (holding ckpt.pt) or a checkpoint file")
@@ -47,10 +74,12 @@ def main(argv=None) -> int:
     for n in range(args.num_samples):
         idx = torch.tensor([ids], dtype=torch.long, device=device)
         sys.stdout.write(args.prompt)
+        stream = StreamDecoder(tok, ids)
         for tok_id in generate_stream(model, idx, args.max_new_tokens, args.temperature, args.top_k or None,
                                       block_size, g):
-            sys.stdout.write(tok.decode(tok_id[0].tolist()))
+            sys.stdout.write(stream.push(tok_id[0].tolist()))
             sys.stdout.flush()
+        sys.stdout.write(stream.flush())
         sys.stdout.write("\n" + ("-" * 40 + "\n" if n + 1 < args.num_samples else ""))
     return 0
 

@@ -565,3 +565,18 @@ def test_hf_same_merges_on_random_texts():
             ours = BPETokenizer.train(text, vocab_size)
         assert merged_strings(ours) == merged_strings(theirs), (text, vocab_size)
         assert theirs.encode(text) == hf.encode(text).ids
+
+
+def test_stream_decoder_joins_split_characters():
+    """python -m pygpt.sample streams tokens; a BPE token may hold half a UTF-8 character."""
+    from pygpt.sample import StreamDecoder
+
+    text = "héllo wörld, 世界 🙂 naïve\n" * 3
+    tok = BPETokenizer.train("hello world, plain ascii text\n" * 20, 270)  # non-ASCII stays in byte tokens
+    ids = tok.encode(text)
+    assert any("\ufffd" in tok.decode([i]) for i in ids)  # some token alone is half a character
+    prompt, rest = ids[:3], ids[3:]
+    stream = StreamDecoder(tok, prompt)
+    pieces = [stream.push([i]) for i in rest] + [stream.flush()]
+    assert tok.decode(prompt) + "".join(pieces) == text
+    assert all("\ufffd" not in p for p in pieces)
