@@ -23,6 +23,7 @@ A step that would start after the deadline is skipped and reported as such, neve
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import glob
 import json
@@ -148,7 +149,8 @@ def run_steps(steps, args, log_dir):
             rec["summary"] = next((ln.strip() for ln in reversed(out.splitlines())
                                    if re.search(r"\d+ (passed|failed|error)", ln)), None)
         if name.startswith("bench-"):
-            rec["files"] = re.findall(r"wrote (.+)", out)[-1:] and re.findall(r"wrote (.+)", out)[-1].split(", ")
+            wrote = re.findall(r"wrote (.+)", out)
+            rec["files"] = wrote[-1].split(", ") if wrote else []
         tail = "\n".join(out.strip().splitlines()[-3:])
         print(f"[gpucheck] {name}: {rec['status']} in {rec['seconds']}s" + (f"\n{tail}" if rc != 0 else ""), flush=True)
         results.append(rec)
@@ -308,14 +310,8 @@ def build_parser() -> Parser:
     p.add_argument("--sanitizer", default=None, help="compute-sanitizer binary (default: $CUDA_HOME/bin or PATH)")
     p.add_argument("--plan", action="store_true", help="print the steps and exit")
     p.add_argument("--readme", action="store_true", help="regenerate README's GPU section and exit")
-    p.add_argument("--payload", default=None, help=argparse_hidden())
+    p.add_argument("--payload", default=None, help=argparse.SUPPRESS)  # the sanitizer steps' small calls
     return p
-
-
-def argparse_hidden():
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 def find_sanitizer():
