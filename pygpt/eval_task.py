@@ -1,6 +1,6 @@
 """Exact match of a task checkpoint on held-out problems: python -m pygpt.eval_task --ckpt DIR [--n 10000].
 
-The task (e.g. addition, its digits and digit order) is read from the checkpoint, which
+The task (addition or calculator, its digits and layout) is read from the checkpoint, which
 `python -m pygpt.train --task ...` wrote; the held-out problems are the ones training never served.
 """
 
@@ -19,7 +19,7 @@ from .train import pick_device
 def main(argv=None) -> int:
     p = Parser(prog="python -m pygpt.eval_task", description=__doc__.split("\n")[0])
     p.add_argument("--ckpt", required=True, help="a run folder (holding ckpt.pt) or a checkpoint file")
-    p.add_argument("--n", type=int, default=10000, help="held-out problems (all of them when fewer exist)")
+    p.add_argument("--n", type=int, default=10000, help="held-out problems (per operator for the calculator; all of them when fewer exist)")
     p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--show", type=int, default=10, help="wrong answers to print")
     p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
@@ -38,6 +38,8 @@ def main(argv=None) -> int:
         r = task.exact_match(model, args.n, device, args.batch_size, max_wrong=args.show)
     print(f"{task.name} (iter {state['iter_num']}): exact match {r['accuracy']:.4f} "
           f"({r['correct']}/{r['total']} held-out problems)")
+    for op, acc in r.get("by_op", {}).items():
+        print(f"  {op}: {acc:.4f}")
     for w in r["wrong"]:
         print(f"  {w['problem']} = {w['expected']}, model: {w['got']} (as written: {w['raw']})")
     return 0

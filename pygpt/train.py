@@ -66,9 +66,12 @@ class TrainConfig:
     data: str = "shakespeare_char"
     # a synthetic task served on the fly instead of --data (pygpt.tasks), e.g. --task addition
     task: str = ""
-    digits: int = 3  # addition: operand digits
+    digits: int = 3  # addition, calculator's + and -: operand digits
     reverse: bool = True  # addition: answer digits least significant first (--no-reverse: ablation)
-    mask: bool = True  # addition: learn only the answer digits (--no-mask: ablation)
+    mask: bool = True  # tasks: learn only what follows the prompt (--no-mask: ablation)
+    mul_digits: int = 2  # calculator: operand digits of * and /
+    trace: bool = True  # calculator: chain-of-thought traces for * and / (--no-trace: ablation)
+    ops: str = "+-*/"  # calculator: the operators served
     eval_problems: int = 10000  # held-out problems whose exact match is measured at each eval
     # system
     device: str = "auto"
@@ -98,6 +101,11 @@ PRESETS = {
     "addition": dict(task="addition", n_layer=2, n_head=4, n_embd=128, batch_size=256, max_iters=2000,
                      learning_rate=1e-3, min_lr=1e-4, warmup_iters=100, dropout=0.0, beta2=0.99,
                      eval_interval=250, eval_iters=20, sample_tokens=0),
+    # The exercise's "swole doge": + - * / in one model, with traces for * and / (pygpt.tasks.calculator).
+    # Problems are up to 32 tokens; eval_problems counts held-out problems per operator.
+    "calculator": dict(task="calculator", n_layer=3, n_head=4, n_embd=128, batch_size=256, max_iters=6000,
+                       learning_rate=1e-3, min_lr=1e-4, warmup_iters=100, dropout=0.0, beta2=0.99,
+                       eval_interval=250, eval_iters=10, eval_problems=1000, sample_tokens=0),
     # GPT-2 small's shape and nanoGPT's optimisation (~0.5M tokens per step with grad_accum 40).
     "gpt2-124m": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=12, grad_accum=40,
                       max_iters=600000, learning_rate=6e-4, min_lr=6e-5, warmup_iters=2000, dropout=0.0,
@@ -128,9 +136,15 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError(f"--device must be auto, cpu, cuda or mps, got {cfg.device!r}")
 
 
+# the TrainConfig fields each task takes (the flags of the others are an error with that task)
+TASK_OPTIONS = {"addition": ("digits", "reverse", "mask"),
+                "calculator": ("digits", "mul_digits", "trace", "mask", "ops")}
+TASK_FIELDS = ("digits", "reverse", "mask", "mul_digits", "trace", "ops", "eval_problems")
+
+
 def task_or_dataset(cfg: TrainConfig, overrides: dict, resuming: bool = False):
     """The --task (pygpt.tasks) or the prepared --data set the run trains on."""
-    task_flags = [n for n in ("digits", "reverse", "mask", "eval_problems") if n in overrides]
+    task_flags = [n for n in TASK_FIELDS if n in overrides]
     if not cfg.task:
         if task_flags:
             raise ValueError(f"--{task_flags[0].replace('_', '-')} needs --task (e.g. --task addition)")
@@ -139,7 +153,11 @@ def task_or_dataset(cfg: TrainConfig, overrides: dict, resuming: bool = False):
         raise ValueError("--task and --data exclude each other: a task makes its own data")
     if cfg.eval_problems < 1:
         raise ValueError(f"--eval-problems must be >= 1, got {cfg.eval_problems}")
-    task = make_task(cfg.task, digits=cfg.digits, reverse=cfg.reverse, mask=cfg.mask)
+    options = TASK_OPTIONS.get(cfg.task, ())
+    foreign = [n for n in task_flags if n != "eval_problems" and n not in options]
+    if foreign:
+        raise ValueError(f"--{foreign[0].replace('_', '-')} does not apply to --task {cfg.task}")
+    task = make_task(cfg.task, **{n: getattr(cfg, n) for n in options})
     if "block_size" not in overrides and not resuming:
         cfg.block_size = task.block_size  # the preset's context is one problem (a resume keeps its own)
     if cfg.block_size < task.block_size:
@@ -255,7 +273,7 @@ def plot_losses(log_path: str, png_path: str) -> None:
 def build_parser() -> Parser:
     p = Parser(prog="python -m pygpt.train", description=__doc__.split("\n")[0])
     p.add_argument("--preset", default=None,
-                   help=f"one of: {', '.join(PRESETS)} (default: addition with --task, else shakespeare-cpu)")
+                   help=f"one of: {', '.join(PRESETS)} (default: the task's own with --task, else shakespeare-cpu)")
     p.add_argument("--fused", action="store_true", help="run every op on the best fused backend ('auto')")
     p.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its checkpoint")
     p.add_argument("--init-from", default=None, help="start from another run's weights (a finetune)")
@@ -282,14 +300,15 @@ class BooleanFlag(__import__("argparse").Action):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    args.preset = args.preset or ("addition" if args.task else "shakespeare-cpu")
+    args.preset = args.preset or (args.task if args.task in PRESETS else "shakespeare-cpu")
     if args.preset not in PRESETS:
         raise ValueError(f"unknown preset {args.preset!r}; presets: {', '.join(PRESETS)}")
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
     cfg = TrainConfig(**{**PRESETS[args.preset], **overrides})
     if args.fused:
         cfg.backend = "auto"
-    cfg.out_dir = cfg.out_dir or os.path.join("out", f"{cfg.task}-{cfg.digits}" if cfg.task else args.preset)
+    default_dir = {"addition": f"addition-{cfg.digits}", "calculator": "calculator"}.get(cfg.task, cfg.task or args.preset)
+    cfg.out_dir = cfg.out_dir or os.path.join("out", default_dir)
     if args.resume and args.init_from:
         raise ValueError("--resume and --init-from exclude each other")
     ckpt_file = os.path.join(cfg.out_dir, checkpoint.CKPT_NAME)
@@ -429,6 +448,8 @@ def main(argv=None) -> int:
                     last_em = dataset.exact_match(model, cfg.eval_problems, device, amp=amp, greedy=False)
                     em = last_em["accuracy"]
                     msg += f", exact match {em:.4f} ({last_em['correct']}/{last_em['total']} held out)"
+                    if "by_op" in last_em:
+                        msg += " [" + ", ".join(f"{o} {v:.4f}" for o, v in last_em["by_op"].items()) + "]"
                 if bar.disable:
                     print(msg, flush=True)
                 else:
@@ -436,6 +457,7 @@ def main(argv=None) -> int:
                 log.write(json.dumps({"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"],
                                       "train_bpb": bpb["train"], "val_bpb": bpb["val"],
                                       **({"exact_match": em} if cfg.task else {}),
+                                      **({"exact_match_by_op": last_em["by_op"]} if em is not None and "by_op" in last_em else {}),
                                       "time": time.time() - t_start}) + "\n")
                 log.flush()
                 save_checkpoint()
@@ -499,6 +521,7 @@ def main(argv=None) -> int:
           f"({summary['tokens_per_s'] or 0:,} incl. evals); val loss {val}; checkpoint {ckpt_file}")
     if cfg.task and last_em:
         print(f"exact match {last_em['accuracy']:.4f} on {last_em['total']} held-out problems"
+              + ("".join(f"\n  {o}: {v:.4f}" for o, v in last_em["by_op"].items()) if "by_op" in last_em else "")
               + "".join(f"\n  {w['problem']} = {w['expected']}, model: {w['got']}" for w in last_em["wrong"]))
     elif cfg.sample_tokens:
         try:

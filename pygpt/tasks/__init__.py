@@ -2,15 +2,16 @@
 
 A task looks like a pygpt.data.Dataset to the trainer (get_batch, tokenizer, vocab_size, meta)
 and adds `exact_match(model, ...)`, the accuracy of greedily decoded answers on a held-out set
-that training never sees. `python -m pygpt.train --task addition --digits 3` trains one;
+that training never sees. `python -m pygpt.train --task addition --digits 3` trains one (or --task calculator);
 `python -m pygpt.eval_task --ckpt DIR` evaluates a checkpoint.
 """
 
 from __future__ import annotations
 
 from .addition import MAX_DIGITS, AdditionTask
+from .calculator import CalculatorTask
 
-TASKS = {"addition": AdditionTask}
+TASKS = {"addition": AdditionTask, "calculator": CalculatorTask}
 
 
 def make_task(name: str, **options):
@@ -26,4 +27,4 @@ def task_from_config(config: dict):
     return make_task(options.pop("name"), **options)
 
 
-__all__ = ["MAX_DIGITS", "TASKS", "AdditionTask", "make_task", "task_from_config"]
+__all__ = ["MAX_DIGITS", "TASKS", "AdditionTask", "CalculatorTask", "make_task", "task_from_config"]
