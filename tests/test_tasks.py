@@ -216,3 +216,24 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
         "tokenizer": CharTokenizer("abcde").to_dict(), "train_config": {}, "iter_num": 3, "data": "/data/x"})
     one_line_error(pygpt("pygpt.eval_task", "--ckpt", str(text_run), check=False), "text data set")
     one_line_error(pygpt("pygpt.eval_task", "--ckpt", str(tmp_path / "none"), check=False), "no checkpoint")
+
+
+def test_task_curves_report(tmp_path):
+    runs = []
+    for name, ems in (("fast", [0.0, 0.5, 0.995, 1.0]), ("slow", [0.0, 0.1, 0.4, 0.98])):
+        d = tmp_path / name
+        d.mkdir()
+        with open(d / "log.jsonl", "w") as f:
+            f.write(json.dumps({"iter": 5, "loss": 1.0}) + "\n")  # a training line: skipped
+            for i, em in enumerate(ems):
+                f.write(json.dumps({"iter": 100 * i, "val_loss": 1.0, "exact_match": em, "time": 10.0 * i}) + "\n")
+        runs.append(str(d))
+    out = tmp_path / "report"
+    r = pygpt("pygpt.task_curves", *runs, "--out", str(out))
+    assert "| fast | 200 (20 s) | 300 (30 s) | 1.0000 | 1.0000 (300) |" in r.stdout
+    assert "| slow | — | — | 0.9800 | 0.9800 (300) |" in r.stdout
+    assert sorted(os.listdir(out)) == ["curves.png", "fast.log.jsonl", "slow.log.jsonl", "summary.json", "table.md"]
+    assert json.load(open(out / "summary.json"))[0]["iter_99"] == 200
+    one_line_error(pygpt("pygpt.task_curves", *runs, "--out", str(out), check=False), "not empty")
+    one_line_error(pygpt("pygpt.task_curves", str(tmp_path / "nope"), "--out", str(tmp_path / "r2"), check=False),
+                   "log.jsonl does not exist")
