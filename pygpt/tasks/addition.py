@@ -18,8 +18,8 @@ T = 3n + 2. With `mask=True` (the default) the targets of the 2n + 1 positions w
 still part of the prompt "a+b=" are -1 (ignored by the loss): only the n + 1 answer digits are
 learned. `mask=False` (the ablation) trains on every next token, prompt digits included.
 
-Held-out set: a stable hash of (a, b) (splitmix64 of a * 10**n + b, vectorised in numpy; not
-Python's salted hash()) puts about VAL_PERCENT % of the pairs in the val bucket. The train sampler
+Held-out set: a stable hash of (a, b) (splitmix64 of a * 10**n + b, pygpt.tasks.split) puts
+about VAL_PERCENT % of the pairs in the val bucket. The train sampler
 rejects val pairs, so no held-out problem is ever trained on; the eval set is the first N val pairs
 of a fixed-seed draw (all val pairs, sorted, when there are at most N), the same on every call.
 `exact_match` greedily decodes (argmax) the n + 1 answer digits of the eval problems and compares
@@ -34,22 +34,11 @@ import numpy as np
 import torch
 
 from ..tokenizers import CharTokenizer
+from .split import held_out_pairs, is_val_hash
 
 VOCAB = "0123456789+="
 PLUS, EQUALS = 10, 11
 MAX_DIGITS = 9  # a * 10**n + b must fit in 64 bits for the hash
-VAL_PERCENT = 10
-EVAL_SEED = 20240607
-ENUMERATE_LIMIT = 10**6  # enumerate every pair (n <= 3) below this many; draw at random above
-
-
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64's finaliser: a fixed, well-mixed 64-bit hash (arithmetic modulo 2**64)."""
-    with np.errstate(over="ignore"):  # the wrap-around is the point
-        x = np.asarray(x, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
 
 
 class AdditionTask:
@@ -78,8 +67,7 @@ class AdditionTask:
     # ------------------------------------------------------------------ the split
     def is_val(self, a, b) -> np.ndarray:
         """True for pairs in the held-out bucket (about VAL_PERCENT %)."""
-        key = np.asarray(a, dtype=np.uint64) * np.uint64(10**self.digits) + np.asarray(b, dtype=np.uint64)
-        return _splitmix64(key) % np.uint64(100) < np.uint64(VAL_PERCENT)
+        return is_val_hash(np.asarray(a, dtype=np.uint64) * np.uint64(10**self.digits) + np.asarray(b, dtype=np.uint64))
 
     def sample_pairs(self, split: str, count: int, generator=None) -> tuple[np.ndarray, np.ndarray]:
         """`count` random (a, b) pairs of `split`, drawn by rejection from uniform pairs."""
@@ -102,29 +90,8 @@ class AdditionTask:
     def eval_pairs(self, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The held-out eval set: N (default 10,000) val pairs, the same on every call."""
         n = 10_000 if n is None else n
-        if n < 1:
-            raise ValueError(f"the number of eval problems must be >= 1, got {n}")
         if n not in self._eval_cache:
-            hi = 10**self.digits
-            if hi * hi <= ENUMERATE_LIMIT:
-                a, b = np.divmod(np.arange(hi * hi, dtype=np.int64), hi)
-                keep = self.is_val(a, b)
-                a, b = a[keep], b[keep]
-                if len(a) > n:
-                    pick = np.sort(np.random.default_rng(EVAL_SEED).permutation(len(a))[:n])
-                    a, b = a[pick], b[pick]
-            else:  # too many pairs to list: a fixed-seed draw of val pairs, duplicates dropped
-                rng = np.random.default_rng(EVAL_SEED)
-                seen, a, b = set(), [], []
-                while len(a) < n:
-                    ca, cb = rng.integers(0, hi, size=(2, 20 * n))
-                    keep = self.is_val(ca, cb)
-                    for x, y in zip(ca[keep].tolist(), cb[keep].tolist()):
-                        if (x, y) not in seen and len(a) < n:
-                            seen.add((x, y))
-                            a.append(x)
-                            b.append(y)
-                a, b = np.array(a, dtype=np.int64), np.array(b, dtype=np.int64)
+            a, b = held_out_pairs(10**self.digits, self.is_val, n)
             if len(a) == 0:
                 raise ValueError(f"{self.name} has no held-out pairs")
             self._eval_cache[n] = (a, b)

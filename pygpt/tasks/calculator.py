@@ -31,7 +31,7 @@ problem (the division) with "$"; the loss learns everything after the prompt, up
 the first "$" (targets -1 elsewhere; `mask=False` learns the prompt too, never the padding).
 
 Held-out set: as for addition, a stable hash (splitmix64) of (operator, a, b) puts about
-VAL_PERCENT % of the problems of each operator in the val bucket, which training never serves.
+10 % of the problems of each operator in the val bucket, which training never serves.
 `exact_match` reports the accuracy of each operator separately.
 """
 
@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from ..tokenizers import CharTokenizer
-from .addition import ENUMERATE_LIMIT, EVAL_SEED, VAL_PERCENT, _splitmix64
+from .split import held_out_pairs, is_val_hash
 
 VOCAB = "0123456789+-*/=,>r$"
 OPS = "+-*/"
@@ -183,7 +183,7 @@ class CalculatorTask:
         return base + np.asarray(a, dtype=np.uint64) * np.uint64(10**w) + np.asarray(b, dtype=np.uint64)
 
     def is_val(self, op: str, a, b) -> np.ndarray:
-        return _splitmix64(self._key(op, a, b)) % np.uint64(100) < np.uint64(VAL_PERCENT)
+        return is_val_hash(self._key(op, a, b))
 
     def _draw(self, op: str, count: int, generator) -> tuple[np.ndarray, np.ndarray]:
         hi = 10 ** self.width(op)
@@ -215,30 +215,8 @@ class CalculatorTask:
     def eval_problems(self, op: str, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The held-out eval set of one operator: n (default 10,000) val pairs, the same every call."""
         n = 10_000 if n is None else n
-        if n < 1:
-            raise ValueError(f"the number of eval problems must be >= 1, got {n}")
         if (op, n) not in self._eval_cache:
-            hi = 10 ** self.width(op)
-            lo_b = 1 if op == "/" else 0
-            if hi * hi <= ENUMERATE_LIMIT:
-                a, b = np.divmod(np.arange(hi * hi, dtype=np.int64), hi)
-                keep = self.is_val(op, a, b) & (b >= lo_b)
-                a, b = a[keep], b[keep]
-                if len(a) > n:
-                    pick = np.sort(np.random.default_rng(EVAL_SEED).permutation(len(a))[:n])
-                    a, b = a[pick], b[pick]
-            else:  # too many to list: a fixed-seed draw of distinct val pairs
-                rng = np.random.default_rng(EVAL_SEED)
-                seen, a, b = set(), [], []
-                while len(a) < n:
-                    ca, cb = rng.integers(0, hi, size=(2, 20 * n))
-                    keep = self.is_val(op, ca, cb) & (cb >= lo_b)
-                    for x, y in zip(ca[keep].tolist(), cb[keep].tolist()):
-                        if (x, y) not in seen and len(a) < n:
-                            seen.add((x, y))
-                            a.append(x)
-                            b.append(y)
-                a, b = np.array(a, dtype=np.int64), np.array(b, dtype=np.int64)
+            a, b = held_out_pairs(10 ** self.width(op), lambda a, b: self.is_val(op, a, b), n, 1 if op == "/" else 0)
             if len(a) == 0:
                 raise ValueError(f"{self.name} has no held-out {op} problems")
             self._eval_cache[(op, n)] = (a, b)
