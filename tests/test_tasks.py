@@ -80,10 +80,29 @@ def test_options_change_the_data_and_roundtrip_through_config():
     assert AdditionTask(1).meta.get("train_tokens") is None  # bits per byte does not apply
 
 
-@pytest.mark.parametrize("digits", [0, 10, -1, 2.5, True])
+@pytest.mark.parametrize("digits", [0, 19, -1, 2.5, True])
 def test_bad_digits(digits):
     with pytest.raises(ValueError, match="--digits"):
         AdditionTask(digits)
+
+
+@pytest.mark.parametrize("digits", [9, 10, 18])
+def test_long_operands(digits):
+    """Up to 18 digits: sums and keys stay in int64 / uint64; above 9 digits the split hashes a first."""
+    t = AdditionTask(digits)
+    x, y = t.get_batch("train", 512, t.block_size, "cpu", torch.Generator().manual_seed(digits))
+    assert x.shape == (512, 3 * digits + 2)
+    top = 10**digits - 1
+    assert text(t, t.encode([top], [top])[0].tolist()) == f"{top}+{top}=" + str(2 * top)[::-1]
+    for row, last in zip(x.tolist(), y[:, -1].tolist()):
+        s = text(t, row + [last])
+        a, b = int(s[:digits]), int(s[digits + 1 : 2 * digits + 1])
+        assert int(s[2 * digits + 2 :][::-1]) == a + b and not t.is_val(a, b)
+    a, b = t.eval_pairs(2000)
+    assert t.is_val(a, b).all() and len(set(zip(a.tolist(), b.tolist()))) == 2000
+    ra, rb = np.random.default_rng(0).integers(0, 10**digits, size=(2, 20000))
+    assert 0.08 < t.is_val(ra, rb).mean() < 0.12
+    assert t.exact_match(Oracle(t), n=200, batch_size=64)["accuracy"] == 1.0  # (Oracle: below)
 
 
 def test_block_size_too_small_and_bad_split():

@@ -18,8 +18,8 @@ T = 3n + 2. With `mask=True` (the default) the targets of the 2n + 1 positions w
 still part of the prompt "a+b=" are -1 (ignored by the loss): only the n + 1 answer digits are
 learned. `mask=False` (the ablation) trains on every next token, prompt digits included.
 
-Held-out set: a stable hash of (a, b) (splitmix64 of a * 10**n + b, pygpt.tasks.split) puts
-about VAL_PERCENT % of the pairs in the val bucket. The train sampler
+Held-out set: a stable hash of (a, b) (splitmix64 of a * 10**n + b, pygpt.tasks.split; of
+splitmix64(a) + b above 9 digits) puts about 10 % of the pairs in the val bucket. The train sampler
 rejects val pairs, so no held-out problem is ever trained on; the eval set is the first N val pairs
 of a fixed-seed draw (all val pairs, sorted, when there are at most N), the same on every call.
 `exact_match` greedily decodes (argmax) the n + 1 answer digits of the eval problems and compares
@@ -34,11 +34,11 @@ import numpy as np
 import torch
 
 from ..tokenizers import CharTokenizer
-from .split import held_out_pairs, is_val_hash
+from .split import held_out_pairs, is_val_hash, splitmix64
 
 VOCAB = "0123456789+="
 PLUS, EQUALS = 10, 11
-MAX_DIGITS = 9  # a * 10**n + b must fit in 64 bits for the hash
+MAX_DIGITS = 18  # a + b < 2 * 10**18 must fit in int64
 
 
 class AdditionTask:
@@ -67,7 +67,11 @@ class AdditionTask:
     # ------------------------------------------------------------------ the split
     def is_val(self, a, b) -> np.ndarray:
         """True for pairs in the held-out bucket (about VAL_PERCENT %)."""
-        return is_val_hash(np.asarray(a, dtype=np.uint64) * np.uint64(10**self.digits) + np.asarray(b, dtype=np.uint64))
+        a, b = np.asarray(a, dtype=np.uint64), np.asarray(b, dtype=np.uint64)
+        if self.digits <= 9:  # the key a * 10**n + b fits in 64 bits
+            return is_val_hash(a * np.uint64(10**self.digits) + b)
+        with np.errstate(over="ignore"):  # longer operands: hash a first, add b modulo 2**64
+            return is_val_hash(splitmix64(a) + b)
 
     def sample_pairs(self, split: str, count: int, generator=None) -> tuple[np.ndarray, np.ndarray]:
         """`count` random (a, b) pairs of `split`, drawn by rejection from uniform pairs."""
