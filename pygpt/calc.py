@@ -2,7 +2,9 @@
 
 The checkpoint is one that `python -m pygpt.train --task calculator` wrote. The model writes the
 answer (and its chain-of-thought trace) by greedy decoding; nothing here computes it. --trace shows
-the model's steps, --check compares its answer with Python's arithmetic.
+the model's steps, --check compares its answer with Python's arithmetic. An answer the model
+writes that is malformed, or a division whose remainder is not below the divisor, is reported as
+such (exit status 1) rather than shown as a result.
 
 Expressions are two non-negative integers around one of + - * / (x and : also mean * and /).
 Division is integer division: 97/12 = 8 r 1. What the model was not trained on is refused with a
@@ -77,6 +79,12 @@ def main(argv=None) -> int:
         got = task.parse_answer(op, g)
         if got is None:
             print(f"{a}{op}{b}: the model did not write a well-formed answer (it wrote {g!r})")
+            status = 1
+            continue
+        if op == "/" and got[1] >= b:  # an answer no division has: say so, do not pass it on
+            print(f"{a}{op}{b}: the model's answer {show(op, got)} is not a division result "
+                  f"(remainder {got[1]} >= divisor {b})" + (f"; the true answer is {show(op, task.answer(op, a, b))}"
+                                                            if args.check else ""))
             status = 1
             continue
         line = f"{a}{op}{b} = {show(op, got)}"

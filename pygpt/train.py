@@ -102,8 +102,9 @@ PRESETS = {
                      learning_rate=1e-3, min_lr=1e-4, warmup_iters=100, dropout=0.0, beta2=0.99,
                      eval_interval=250, eval_iters=20, sample_tokens=0),
     # The exercise's "swole doge": + - * / in one model, with traces for * and / (pygpt.tasks.calculator).
-    # Problems are up to 32 tokens; eval_problems counts held-out problems per operator.
-    "calculator": dict(task="calculator", n_layer=3, n_head=4, n_embd=128, batch_size=256, max_iters=6000,
+    # Problems are up to 32 tokens; eval_problems counts held-out problems per operator. 3 layers x
+    # 128 dims (0.6M params), batch 128.
+    "calculator": dict(task="calculator", n_layer=3, n_head=4, n_embd=128, batch_size=128, max_iters=6000,
                        learning_rate=1e-3, min_lr=1e-4, warmup_iters=100, dropout=0.0, beta2=0.99,
                        eval_interval=250, eval_iters=10, eval_problems=1000, sample_tokens=0),
     # GPT-2 small's shape and nanoGPT's optimisation (~0.5M tokens per step with grad_accum 40).
@@ -522,7 +523,8 @@ def main(argv=None) -> int:
     if cfg.task and last_em:
         print(f"exact match {last_em['accuracy']:.4f} on {last_em['total']} held-out problems"
               + ("".join(f"\n  {o}: {v:.4f}" for o, v in last_em["by_op"].items()) if "by_op" in last_em else "")
-              + "".join(f"\n  {w['problem']} = {w['expected']}, model: {w['got']}" for w in last_em["wrong"]))
+              + "".join(f"\n  {w['problem']} = {w['expected']}, model: {w['got']} (as written: {w['raw']})"
+                        for w in last_em["wrong"]))
     elif cfg.sample_tokens:
         try:
             start_ids = tok.encode("\n")

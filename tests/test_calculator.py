@@ -218,6 +218,16 @@ def test_calc_refuses_what_the_model_did_not_learn(expr, words):
         calc.parse_expression("8/2", CalculatorTask(ops="+*"))
 
 
+def test_calc_flags_a_remainder_not_below_the_divisor(monkeypatch, capsys):
+    t = CalculatorTask()
+    monkeypatch.setattr(checkpoint, "load_model", lambda *a, **k: (Oracle(t), t.tokenizer, {"task": t.config()}))
+    monkeypatch.setattr(CalculatorTask, "generate", lambda self, model, problems, device="cpu", amp=None:
+                        ["200000020,320551080>50r80$" for _ in problems])  # 23/5 "= 5 r 8", as a real model wrote
+    assert calc.main(["23/5", "--check"]) == 1
+    assert capsys.readouterr().out == ("23/5: the model's answer 5 r 8 is not a division result "
+                                       "(remainder 8 >= divisor 5); the true answer is 4 r 3\n")
+
+
 def test_calc_reports_a_malformed_model_line(monkeypatch, capsys):
     t = CalculatorTask()
 
