@@ -222,7 +222,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
     out = tmp_path / "x"
     one_line_error(train_task(out, "--data", "shakespeare_char", check=False), "--task and --data")
     one_line_error(train_task(out, "--digits", "0", check=False), "--digits")
-    one_line_error(train_task(out, "--digits", "10", check=False), "--digits")
+    one_line_error(train_task(out, "--digits", "19", check=False), "--digits")
     one_line_error(train_task(out, "--digits", "2", "--block-size", "4", check=False), "--block-size")
     one_line_error(pygpt("pygpt.train", "--digits", "2", "--out-dir", str(out), check=False), "--task")
     one_line_error(pygpt("pygpt.train", "--task", "multiply", "--out-dir", str(out), check=False), "unknown task")
