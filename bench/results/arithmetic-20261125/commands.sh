@@ -20,3 +20,5 @@ python -m pygpt.train --task calculator --batch-size 128 --out-dir calculator   
 python -m pygpt.eval_task --ckpt calculator --n 10000 --show 20 > calculator/eval_task.txt
 # then pygpt.calc as in calculator/calc-examples.txt; tables and curves:
 python -m pygpt.task_curves d3-rev d3-rev-s2 ... --out addition-ablations --title "3-digit addition"
+python -m pygpt.train --task calculator --no-trace --out-dir calculator-notrace   # the ablation
+python -m pygpt.eval_task --ckpt calculator-notrace --n 10000 --show 10 > calculator/eval_task-notrace.txt
