@@ -2,7 +2,7 @@
 
 Reads each run's log.jsonl (written by python -m pygpt.train --task ...) and writes to DIR:
   curves.png   exact match on the held-out problems against the iteration, one line per run
-               (one panel per operator for calculator runs)
+               (one panel per operator for calculator runs; runs named <name>-s<seed> share a colour)
   table.md     per run: the first iteration (and its wall time) at >= 99 % and at 100 %, the best
                and the final exact match
   summary.json the same numbers, and a copy of every run's log as <run>.log.jsonl
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 
@@ -69,6 +70,14 @@ def plot(runs: dict, path: str, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # runs named <group>-s<seed> share their group's colour, one line style per seed
+    groups = list(dict.fromkeys(re.sub(r"-s\d+$", "", n) for n in runs))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    style, seen = {}, {}
+    for n in runs:
+        g = re.sub(r"-s\d+$", "", n)
+        style[n] = dict(color=colours[groups.index(g) % len(colours)], linestyle=("-", "--", ":", "-.")[seen.get(g, 0) % 4])
+        seen[g] = seen.get(g, 0) + 1
     ops = sorted({op for ev in runs.values() for op in ev[-1].get("exact_match_by_op", {})}, key="+-*/".index)
     panels = ops or [None]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1.5, 4), squeeze=False)
@@ -77,7 +86,7 @@ def plot(runs: dict, path: str, title: str) -> None:
             ys = [e["exact_match_by_op"][op] if op else e["exact_match"] for e in ev
                   if op is None or op in e.get("exact_match_by_op", {})]
             xs = [e["iter"] for e in ev if op is None or op in e.get("exact_match_by_op", {})]
-            ax.plot(xs, ys, ".-", label=name)
+            ax.plot(xs, ys, marker=".", label=name, **style[name])
         ax.set_title(f"{title} {op}" if op else title)
         ax.set_xlabel("iteration")
         ax.set_ylabel("exact match (held out)")
