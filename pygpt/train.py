@@ -103,7 +103,8 @@ PRESETS = {
                      eval_interval=250, eval_iters=20, sample_tokens=0),
     # The exercise's "swole doge": + - * / in one model, with traces for * and / (pygpt.tasks.calculator).
     # Problems are up to 32 tokens; eval_problems counts held-out problems per operator. 3 layers x
-    # 128 dims (0.6M params), batch 128.
+    # 128 dims (0.6M params), batch 128: on one CPU thread, 6000 iterations (~32 min) end at
+    # + 100 %, - 99.7 %, * 100 %, / 97.8 % exact match on held-out problems.
     "calculator": dict(task="calculator", n_layer=3, n_head=4, n_embd=128, batch_size=128, max_iters=6000,
                        learning_rate=1e-3, min_lr=1e-4, warmup_iters=100, dropout=0.0, beta2=0.99,
                        eval_interval=250, eval_iters=10, eval_problems=1000, sample_tokens=0),
