@@ -96,6 +96,10 @@ class CalculatorTask:
         """Operand digits of an operator."""
         return self.digits if op in "+-" else self.mul_digits
 
+    def prompt_len(self, op: str) -> int:
+        """Characters of the prompt "a<op>b=" (both operands zero-padded to width(op))."""
+        return 2 * self.width(op) + 2
+
     # ------------------------------------------------------------------ one problem, spelled out
     def answer(self, op: str, a: int, b: int):
         """The true answer: an int, or (quotient, remainder) for /."""
@@ -232,7 +236,7 @@ class CalculatorTask:
             s = self.text(op, a, b)
             ids = torch.tensor(self.tokenizer.encode(s))
             seq[i, : len(ids)] = ids
-            first = len(self.parts(op, a, b)[0]) - 1 if self.mask else 0  # position whose target is the first trace token
+            first = self.prompt_len(op) - 1 if self.mask else 0  # position whose target is the first trace token
             y[i, first : len(ids) - 1] = ids[first + 1 :]
         return seq[:, :-1].contiguous(), y
 
@@ -301,7 +305,7 @@ class CalculatorTask:
                         pred = logits.argmax(-1).cpu()
                         learned = y >= 0
                         if not self.mask:  # judge only what follows the prompt
-                            learned[:, : len(self.parts(*probs[0])[0]) - 1] = False
+                            learned[:, : self.prompt_len(op) - 1] = False
                         ok = ((pred == y) | ~learned).all(1).tolist()
                     ok_op += sum(ok)
                     miss = [j for j, good in enumerate(ok) if not good][: max(0, max_wrong - len(wrong))]
