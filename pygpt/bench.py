@@ -80,6 +80,8 @@ RATIO_BASES = ("eager", "sdpa", "sdpa_best", "torch", "compile", "copy")
 SDPA_BACKENDS = {"sdpa-flash": "FLASH_ATTENTION", "sdpa-efficient": "EFFICIENT_ATTENTION", "sdpa-cudnn": "CUDNN_ATTENTION"}
 # the CUDA gelu_mlp's two GEMM paths, forced through PYGPT_GEMM (the cuda backend itself picks the faster)
 GEMM_PATHS = {"cuda-mma": "mma", "cuda-cublaslt": "cublaslt"}
+# the CUDA attention forward's two tile heights (query rows per CTA), forced via PYGPT_ATTN_FWD_ROWS
+ATTN_FWD_ROWS = {"cuda-rows64": "64", "cuda-rows128": "128"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -110,7 +112,11 @@ def build_parser() -> Parser:
                    "backends plus compile)")
     p.add_argument("--no-compile", dest="compile", action="store_false", default=True,
                    help="skip the torch.compile contender / train variant")
-    p.add_argument("--budget", type=float, default=None, help="seconds of timed repetitions per measurement (default 0.5)")
+    p.add_argument("--rep-time", "--budget", dest="budget", type=float, default=None,
+                   help="seconds of timed repetitions per measurement (default 0.5; --budget is its old name)")
+    p.add_argument("--stop-at", type=float, default=None,
+                   help="unix time after which no new measurement starts (the rest are recorded as skipped and "
+                        "the results written); default: $PYGPT_STOP_AT if set")
     p.add_argument("--reps", type=int, default=None, help="at most this many timed repetitions (default 100)")
     p.add_argument("--min-reps", type=int, default=None, help="at least this many timed repetitions (default 3)")
     p.add_argument("--warmup", type=int, default=None, help="at most this many warm-up calls (default 3; at least 1)")
@@ -159,7 +165,12 @@ def parse_args(argv=None):
     if not args.seq_lens or min(args.seq_lens) < 1:
         raise ValueError(f"--seq-lens must be positive integers, got {args.seq_lens}")
     if not (args.budget >= 0 and math.isfinite(args.budget)):
-        raise ValueError(f"--budget must be >= 0 seconds, got {args.budget}")
+        raise ValueError(f"--rep-time must be >= 0 seconds, got {args.budget}")
+    if args.stop_at is None and os.environ.get("PYGPT_STOP_AT"):
+        try:
+            args.stop_at = float(os.environ["PYGPT_STOP_AT"])
+        except ValueError:
+            raise ValueError(f"PYGPT_STOP_AT must be a unix time in seconds, got {os.environ['PYGPT_STOP_AT']!r}") from None
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for m in args.modes:
         if m not in MODES:
@@ -308,21 +319,26 @@ def sdpa_backend_fn(backend_name):
     return fn
 
 
-def gemm_path_fn(path):
-    """The cuda backend's gelu_mlp with its GEMM path forced (PYGPT_GEMM is read at every call)."""
-    inner = backend_fn("gelu_mlp", "cuda")
+def env_forced_fn(op, var, value):
+    """The cuda backend's `op` with an environment switch its launcher reads at every call forced
+    to `value` (PYGPT_GEMM for gelu_mlp's GEMM path, PYGPT_ATTN_FWD_ROWS for attention's tile)."""
+    inner = backend_fn(op, "cuda")
 
     def fn(*a):
-        old = os.environ.get("PYGPT_GEMM")
-        os.environ["PYGPT_GEMM"] = path
+        old = os.environ.get(var)
+        os.environ[var] = value
         try:
             return inner(*a)
         finally:
             if old is None:
-                os.environ.pop("PYGPT_GEMM", None)
+                os.environ.pop(var, None)
             else:
-                os.environ["PYGPT_GEMM"] = old
+                os.environ[var] = old
     return fn
+
+
+def gemm_path_fn(path):
+    return env_forced_fn("gelu_mlp", "PYGPT_GEMM", path)
 
 
 def copy_step(nbytes, dev):
@@ -365,7 +381,9 @@ def rate(work_amount, unit, seconds, dev):
     return work_amount / seconds / scale, label
 
 
-def bench_op(args, dev, dtype):
+def bench_op(args, dev, dtype, progress=None):
+    """(contenders, measurements); `progress(contenders, measurements)` is called after every shape
+    (main writes the results so far, so a run stopped from outside still leaves them)."""
     op = args.op
     available = ops.available_backends(op, dev.type)
     unavailable = {b: ops.unavailable_reason(op, b, dev.type) for b in ops.BACKENDS[:-1] if b not in available}
@@ -388,6 +406,11 @@ def bench_op(args, dev, dtype):
             ok = path == "mma" or bool((_ext.build_info() or {}).get("cublaslt"))
             contenders[name] = {"name": name, "kind": f"cuda backend with PYGPT_GEMM={path}", "available": ok,
                                 "note": None if ok else "pygpt._C was built without cuBLASLt"}
+    if dev.type == "cuda" and op == "attention" and "cuda" in available:
+        for name, rows in ATTN_FWD_ROWS.items():
+            ok = rows == "64" or args.head_dim in (64, 128)
+            contenders[name] = {"name": name, "kind": f"cuda backend with PYGPT_ATTN_FWD_ROWS={rows} (forward tile)",
+                                "available": ok, "note": None if ok else f"the 128-row forward takes D = 64 or 128, not {args.head_dim}"}
     if dev.type == "cuda" and op == "layer_norm":
         contenders["copy"] = {"name": "copy", "kind": "device-to-device copy moving the same bytes (the ceiling)",
                               "available": True, "note": None}
@@ -429,6 +452,8 @@ def bench_op(args, dev, dtype):
                 fn = sdpa_backend_fn(SDPA_BACKENDS[name])
             elif name in GEMM_PATHS:
                 fn = gemm_path_fn(GEMM_PATHS[name])
+            elif name in ATTN_FWD_ROWS:
+                fn = env_forced_fn("attention", "PYGPT_ATTN_FWD_ROWS", ATTN_FWD_ROWS[name])
             elif name == "copy":
                 fn = None  # see copy_step
             else:
@@ -436,6 +461,10 @@ def bench_op(args, dev, dtype):
             for mode in args.modes:
                 rec = {"contender": name, "mode": mode, "T": T, "shape": shape, "work": work[mode],
                        "work_unit": work["unit"], "note": c["note"]}
+                if args.stop_at is not None and time.time() + 2 * args.budget + 1 > args.stop_at:
+                    rec["skipped"] = "time budget reached (--stop-at)"
+                    measurements.append(rec)
+                    continue
 
                 def reset():
                     for t in inputs:
@@ -472,6 +501,8 @@ def bench_op(args, dev, dtype):
                 print(f"  {name:<8} {mode:<7} T={T:<5} median {med * 1e3:9.3f} ms  ({len(times)} reps)", file=sys.stderr)
             del fn
         del inputs, grads
+        if progress is not None:
+            progress(list(contenders.values()), measurements)
     add_ratios(measurements, [n for n in RATIO_BASES if n in contenders or n == "sdpa_best"])
     return list(contenders.values()), measurements
 
@@ -614,8 +645,9 @@ def op_tables(result):
         rows = []
         for T in result["args"]["seq_lens"]:
             for m in sorted((m for m in ms if m["mode"] == mode and m["T"] == T), key=lambda m: names.index(m["contender"])):
-                if "error" in m:
-                    rows.append([T, m["contender"], "error", "", "", *[""] * len(bases), "", m["error"]])
+                if "error" in m or "skipped" in m:
+                    rows.append([T, m["contender"], "error" if "error" in m else "skipped", "", "",
+                                 *[""] * len(bases), "", m.get("error") or m["skipped"]])
                     continue
                 rows.append([T, m["contender"], fmt(m["median_ms"]), fmt(m["min_ms"]),
                              fmt_rate(m["rate"]),
@@ -686,7 +718,7 @@ def plot(result, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ms = [m for m in result["measurements"] if "error" not in m]
+    ms = [m for m in result["measurements"] if "error" not in m and "skipped" not in m]
     if result["op"] == "train":
         fig, ax = plt.subplots(figsize=(6, 4))
         names = [m["contender"] for m in ms]
@@ -785,7 +817,18 @@ def main(argv=None) -> int:
         result["contenders"], result["measurements"] = bench_train(args, dev)
     else:
         result["counting"] = COUNTING[args.op]
-        result["contenders"], result["measurements"] = bench_op(args, dev, dtype)
+        partial = os.path.join(args.out, f"{result['device_name']}-{args.op}-partial-{os.getpid()}.json")
+
+        def progress(contenders, measurements):  # the results so far, replaced atomically
+            os.makedirs(args.out, exist_ok=True)
+            with open(partial + ".tmp", "w", encoding="utf-8") as f:
+                json.dump({**result, "partial": True, "contenders": contenders, "measurements": measurements}, f,
+                          default=str)
+            os.replace(partial + ".tmp", partial)
+
+        result["contenders"], result["measurements"] = bench_op(args, dev, dtype, progress)
+        if os.path.exists(partial):
+            os.remove(partial)  # superseded by the full results below
     result["bench_wall_s"] = time.perf_counter() - t0
     result["load_after"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     # load_after includes this benchmark's own threads; only the load found at the start says "busy"
@@ -796,7 +839,7 @@ def main(argv=None) -> int:
     files = write_results(result, args.out, args.plot)
     print(render(result))
     print("wrote " + ", ".join(files.values()))
-    ok = [m for m in result["measurements"] if "error" not in m]
+    ok = [m for m in result["measurements"] if "error" not in m and "skipped" not in m]
     if not ok:
         print("error: no contender produced a measurement", file=sys.stderr)
         return 1

@@ -13,17 +13,20 @@ from pygpt import gpucheck
 def test_plan_covers_build_tests_sanitizers_and_benchmarks(capsys):
     assert gpucheck.main(["--plan"]) == 0
     out = capsys.readouterr().out
-    names = [line.split()[0] for line in out.strip().splitlines()]
-    assert names[:3] == ["build", "info", "tests"]
-    assert {"memcheck-all", "racecheck-attention", "racecheck-layer_norm"} <= set(names)
-    assert {f"bench-attention-D{D}-{m}" for D in (64, 128) for m in ("causal", "full")} <= set(names)
-    assert {"bench-layer_norm", "bench-gelu_mlp"} <= set(names)
-    assert "--no-deps" in out and "-k cuda or triton" in out  # offline install; cuda + triton kernel tests
+    names = [line.split()[0] for line in out.strip().splitlines()[1:-1] if not line.startswith(" ")]
+    assert names[:5] == ["build", "info", "tests", "buildchecks", "memcheck"]
+    assert names[5] == "racecheck" and all(n.startswith("bench-") for n in names[6:])
+    assert {"bench-attention-d64", "bench-attention-d128", "bench-layer_norm", "bench-gelu_mlp"} <= set(names)
+    assert "--no-deps" in out and "-k cuda or triton --gpu-plan" in out  # offline install; the planned subset
+    assert "PYTORCH_NO_CUDA_MEMORY_CACHING=1" in out  # memcheck sees through the caching allocator
+    assert "sdpa-cudnn" in out and "cuda-rows128" in out and "cuda-cublaslt" in out
+    # the planned steps fit the default budget by their own estimates (the optional one may not)
+    assert "bench-gelu_mlp" in out and " skip " not in [ln for ln in out.splitlines() if ln.startswith("bench-gelu")][0]
 
 
 def test_plan_skip_build(capsys):
     gpucheck.main(["--plan", "--skip-build"])
-    assert not capsys.readouterr().out.startswith("build")
+    assert not capsys.readouterr().out.splitlines()[1].startswith("build")
 
 
 def test_needs_a_gpu_or_says_so():
@@ -35,12 +38,100 @@ def test_needs_a_gpu_or_says_so():
         gpucheck.main(["--skip-build"])
 
 
+def test_bad_budget_is_refused():
+    with pytest.raises(ValueError, match="--budget"):
+        gpucheck.main(["--plan", "--budget", "3"])
+
+
+class Args:
+    budget = 60.0
+
+
+def step(name, code, estimate, limit=30, kind="run"):
+    import sys
+
+    return gpucheck.Step(name, [sys.executable, "-c", code], {}, estimate, limit, name, kind)
+
+
+def test_budget_skips_what_cannot_finish_and_stops_the_rest_cleanly(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpucheck, "RESERVE_S", 2)
+    args = Args()
+    args.budget = 8.0
+    writes = []
+    steps = [step("a", "print('hi')", 1),
+             step("too-long", "print('never')", 100),  # its estimate does not fit: skipped, not started
+             # honours PYGPT_STOP_AT: stops itself before its limit and reports what it did
+             step("cooperative", "import os, time\nwhile time.time() < float(os.environ['PYGPT_STOP_AT']): "
+                  "time.sleep(0.05)\nprint('stopped at PYGPT_STOP_AT')", 1, limit=3),
+             step("b", "import sys; sys.exit(3)", 0.5)]
+    res = gpucheck.run_steps(steps, args, str(tmp_path), lambda r: writes.append([s["step"] for s in r]))
+    by = {r["step"]: r for r in res}
+    assert [r["step"] for r in res] == ["a", "too-long", "cooperative", "b"]  # the order is kept
+    assert by["a"]["status"] == "ok" and by["a"]["tail"] == ["$  " + " ".join(steps[0].argv), "hi"]
+    assert by["too-long"]["status"] == "skipped" and "needs ~100s" in by["too-long"]["why"]
+    assert by["cooperative"]["status"] == "ok" and "stopped at PYGPT_STOP_AT" in by["cooperative"]["tail"][-1]
+    assert by["b"]["status"] == "failed" and by["b"]["rc"] == 3
+    assert writes == [["a"], ["a", "too-long"], ["a", "too-long", "cooperative"], ["a", "too-long", "cooperative", "b"]]
+
+
+def test_a_step_that_ignores_its_limit_is_killed_and_its_log_kept(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpucheck, "RESERVE_S", 1)
+    args = Args()
+    res = gpucheck.run_steps([step("hang", "import time; print('started', flush=True); time.sleep(60)", 1, limit=2)],
+                             args, str(tmp_path), lambda r: None)
+    assert res[0]["status"] == "timeout" and res[0]["seconds"] < 15
+    log = (tmp_path / "logs" / "hang.log").read_text()
+    assert "started" in log and "killed at its limit" in log
+
+
+def test_pytest_stops_at_the_budget_and_still_reports(tmp_path):
+    """tests/conftest.py skips the tests that would start after PYGPT_STOP_AT; pytest's summary and
+    the JUnit counts come back."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "conftest.py").write_text(open(os.path.join(gpucheck.ROOT, "tests", "conftest.py")).read())
+    (tmp_path / "test_x.py").write_text("import time\n\ndef test_a():\n    time.sleep(1.5)\n\n"
+                                        "def test_b():\n    pass\n\ndef test_c():\n    pass\n")
+    xml = tmp_path / "r.xml"
+    env = dict(os.environ, PYGPT_STOP_AT=str(time.time() + 1.0))
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path),
+                        f"--junitxml={xml}"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    j = gpucheck._junit(str(xml))
+    assert (j["tests"], j["passed"], j["skipped"], j["budget_skipped"]) == (3, 1, 2, 2), j
+    assert "1 passed, 2 skipped" in r.stdout
+
+
+def test_gpu_plan_covers_every_parameter_value_with_fewer_cases(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "conftest.py").write_text(open(gpucheck.ROOT + "/tests/conftest.py").read())
+    (tmp_path / "test_p.py").write_text(
+        "import pytest\n\n@pytest.mark.parametrize('backend,device', [('x', 'cuda'), ('y', 'cuda')])\n"
+        "@pytest.mark.parametrize('dtype', ['f16', 'bf16'])\n@pytest.mark.parametrize('causal', [True, False])\n"
+        "@pytest.mark.parametrize('T', [1, 17, 113, 1023])\n@pytest.mark.parametrize('D', [32, 64, 128])\n"
+        "def test_k(backend, device, dtype, causal, T, D):\n    pass\n\ndef test_plain():\n    pass\n")
+    r = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                        "--gpu-plan", str(tmp_path)], capture_output=True, text=True, cwd=tmp_path)
+    ids = [ln for ln in r.stdout.splitlines() if "::" in ln]
+    assert "test_p.py::test_plain" in ids[-1] or any(i.endswith("test_plain") for i in ids)
+    cases = [i.split("[", 1)[1].rstrip("]").split("-") for i in ids if "[" in i]
+    assert len(cases) < 2 * 2 * 2 * 4 * 3  # a subset of the 96 cases
+    for backend in ("x", "y"):  # per backend: every value of every parameter, every dtype x causal pair
+        mine = [c for c in cases if c[-2] == backend]
+        for pos, values in ((0, ["32", "64", "128"]), (1, ["1", "17", "113", "1023"])):
+            assert {c[pos] for c in mine} == set(values), (backend, pos, mine)
+        assert {(c[3], c[2]) for c in mine} == {(d, k) for d in ("f16", "bf16") for k in ("True", "False")}
+
+
 def fake_bench(tmp_path, op, args, rows):
     ms = [{"contender": c, "mode": mode, "T": T, "median_ms": ms_, "rate": rate, "shape": shape, **extra}
           for (c, mode, T, ms_, rate, shape, extra) in rows]
-    path = tmp_path / f"x-{op}.json"
-    path.write_text(json.dumps({"op": op, "args": args, "measurements": ms}))
-    return str(path)
+    return {"op": op, "args": args, "measurements": ms}
 
 
 def test_summary_tables_and_readme(tmp_path):
@@ -58,7 +149,7 @@ def test_summary_tables_and_readme(tmp_path):
         ("cuda-mma", "fwd+bwd", 1024, 1.6, 1.0, {}, {"vs_eager": 1.25}),
         ("cuda-cublaslt", "fwd+bwd", 1024, 1.5, 1.0, {}, {"vs_eager": 1.33}),
     ])
-    figs = gpucheck.key_figures([attn, ln, mlp], str(tmp_path))
+    figs = gpucheck.key_figures([attn, ln, mlp])
     a = figs["attention"][0]
     assert (a["D"], a["T"], a["B"], a["cuda fwd+bwd"], a["cuda/sdpa_best fwd+bwd"]) == (64, 1024, 16, 300.0, 1.1)
     assert a["sdpa_best fwd+bwd"] == 250.0 and a["cuda fwd"] == 350.0
