@@ -309,7 +309,7 @@ def _inspect(step: Step, rec: dict, out: str, work: str, bench_seen: set) -> Non
         rec["junit"] = _junit(xml) if xml else None
         cache = step.env.get("TRITON_CACHE_DIR")
         if cache:
-            rec["triton_kernels_compiled"] = len(glob.glob(os.path.join(cache, "*", "*.json")))
+            rec["triton_kernels_compiled"] = len(glob.glob(os.path.join(cache, "*", "*.cubin")))
     elif step.kind == "sanitizer":
         rec["sanitizer_summary"] = next((ln.strip() for ln in reversed(lines) if "SUMMARY" in ln), None)
         if rec["status"] == "failed" and any(m in out for m in SANITIZER_UNSUPPORTED):
