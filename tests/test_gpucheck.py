@@ -4,6 +4,7 @@ README section it generates. The check itself runs on a GPU machine (see README)
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -186,3 +187,31 @@ def test_readme_needs_markers(tmp_path):
     with pytest.raises(ValueError, match="markers"):
         gpucheck.update_readme(str(tmp_path), str(readme))
     assert readme.read_text() == "no markers\n"  # nothing a user wrote is lost
+
+
+def test_pack_writes_three_files_and_never_overwrites(tmp_path):
+    import tarfile
+
+    work, out = tmp_path / "work", tmp_path / "out"
+    (work / "logs").mkdir(parents=True)
+    (work / "bench").mkdir()
+    (work / "logs" / "tests.log").write_text("3 passed\n")
+    (work / "bench" / "x-layer_norm.json").write_text(json.dumps({"op": "layer_norm", "args": {"width": 8},
+                                                                  "measurements": []}))
+    out.mkdir()
+    (out / "gpu-20261204.json").write_text("a user's file")  # an earlier check of the same day
+    base = gpucheck._base_path(str(out), "gpu", "20261204")
+    assert base.endswith("gpu-20261204-2")
+    summary = {"kind": "gpucheck", "gpu": "gpu", "date": "20261204", "torch": "t", "triton": None, "cuda": None,
+               "verdict": "OK: 1 steps ok", "steps": [{"step": "tests", "status": "ok", "estimate_s": 1,
+                                                      "seconds": 0.5, "summary": "3 passed"}]}
+    files = gpucheck.pack(base, str(work), summary)
+    assert sorted(os.path.basename(f) for f in files) == ["gpu-20261204-2-logs.tar.gz", "gpu-20261204-2.json",
+                                                          "gpu-20261204-2.md"]
+    assert (out / "gpu-20261204.json").read_text() == "a user's file"
+    assert len(os.listdir(out)) == 4  # no temporary files left behind
+    back = json.loads((out / "gpu-20261204-2.json").read_text())
+    assert "x-layer_norm.json" in back["bench"] and back["steps"][0]["summary"] == "3 passed"
+    assert "OK: 1 steps ok" in (out / "gpu-20261204-2.md").read_text()
+    with tarfile.open(out / "gpu-20261204-2-logs.tar.gz") as t:
+        assert "gpucheck-logs/tests.log" in t.getnames()
