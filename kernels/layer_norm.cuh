@@ -18,8 +18,10 @@
 //   dw = sum_rows(dy * xhat), db = sum_rows(dy)   (acc_t; the launcher casts to w's dtype)
 //   w, b arrive already converted to acc_t (one small copy at the boundary).
 //
-// Kernels (T in {float, __half, __nv_bfloat16, double}; 35 instantiations in all: 14 fwd warp,
-// 4 fwd block, 11 bwd warp, 4 bwd block, 2 reduce -- see tests/cuda_build/layer_norm_instances.cu)
+// Kernels (T in {float, __half, __nv_bfloat16, double}; 39 instantiations in all: 14 fwd warp,
+// 4 fwd block, 11 bwd warp, 4 bwd block, 4 bwd block-wide, 2 reduce -- see
+// tests/cuda_build/layer_norm_instances.cu). Versions, llm.c dev/cuda style: which one runs
+// depends only on (T, C), and each exists for the reason given.
 //   layer_norm_fwd_warp_kernel<T, kE>   one warp per row, the row held in registers:
 //       kE = elements per lane, a compile-time bound (8, 16, 32, 64; double: 8, 16), so
 //       C <= 32 * kE (2048; double 512). Why: for the common widths (128 ... 2048) a row
@@ -33,24 +35,44 @@
 //       C * sizeof(acc_t) <= 47 KB (no opt-in needed; C <= 12032 float, 6016 double);
 //       wider rows are re-read from global memory (x, or the h this very thread just
 //       wrote) for the second and third pass -- L1/L2 hits, correct for any C.
-//       Launch: threads = clamp(roundup32(ceil(C / V / 2)), 128, 1024), grid-strided
-//       rows, grid = min(N, 32 * #SMs).
-//   layer_norm_bwd_warp_kernel<T, kE>   one warp per row (kE = 8, 16, 32; double 8, 16;
-//       C <= 32 * kE = 1024, double 512). The lane keeps xhat and g of its columns in
-//       registers between the two row passes, and its running dw/db column partials in
-//       registers across ALL its rows (a lane owns the same columns in every row). At the
-//       end the 4 warps' partials are summed in warp order through shared memory into
-//       row blockIdx.x of partial[2][P][C] (dw rows, then db rows).
+//       Launch: threads = clamp(roundup32(ceil(C / V / 2)), 128, 1024), grid-strided rows,
+//       grid = min(N, 32 * #SMs).
+//   layer_norm_bwd_warp_kernel<T, kE>   v1 of the backward, one warp per row (kE = 8, 16,
+//       32; double 8, 16; C <= 32 * kE = 1024, double 512). The lane keeps xhat and g of its
+//       columns in registers between the two row passes, and its running dw/db column
+//       partials in registers across ALL its rows (a lane owns the same columns in every
+//       row). At the end the 4 warps' partials are summed in warp order through shared
+//       memory into row blockIdx.x of partial[2][P][C] (dw rows, then db rows).
 //       Launch: 128 threads, P = grid = min(ceil(N / 4), #SMs * occupancy) (one wave).
-//   layer_norm_bwd_block_kernel<T>      one block per row for wider C. Thread-owned
-//       columns; dw/db partials accumulated in the block's own rows of `partial` in global
-//       memory (read-modify-write by the owning thread only; zeroed first). The second
-//       pass re-reads h, dy, w (L1/L2) and recomputes xhat and g bit-identically.
-//       Launch: threads as the forward block kernel, P = grid = min(N, #SMs * occupancy,
-//       max(1, 2^23 / C)) (the last bounds the workspace for very wide rows).
+//   layer_norm_bwd_block_kernel<T, kE>  v2, one block per row for 1024 < C <= 512 * kE
+//       (kE = 16: C <= 8192; double kE = 8: 512 < C <= 4096). Why: the warp kernel's idea at
+//       block scale. Thread t owns chunks t + k * blockDim (k < kE / V) of EVERY row, so it
+//       keeps the dw/db partials of its <= kE columns in registers across all the rows the
+//       block grid-strides over, and writes its columns of the block's partial row once, at
+//       the end. (Its predecessor, now the -wide kernel below, read-modify-wrote those
+//       partials in global memory on every row: 2 x 2 x sizeof(acc_t) = 16 B of partial
+//       traffic per element and row (L2 hits at best) on top of the 3-4 x sizeof(T) of
+//       h/dy/dx(/dh); estimated, not measured, at 0.35-0.55x of copy bandwidth.) Like
+//       the warp kernel it also keeps xhat and g in registers between the two row passes
+//       (pass 2 reads only dh): 4 arrays of kE acc_t, 120-128 registers at the 512-thread
+//       launch bound, no spills (ptxas -v, sm_80/sm_90). A 32-element bucket (C <= 16384)
+//       spilled even without the xhat/g cache (all of a thread's loads in flight), hence
+//       the -wide kernel past 8192 (double 4096). SASS (nvcc 13.0): every vec load is
+//       LDG.E.128, 16-bit rows store STG.E.128 throughout; for fp32 rows nvcc still splits
+//       the stores of chunks 2-3 (dx and partials) into 4-byte STG.E (a known gap).
+//       Launch: threads = clamp(roundup32(ceil(C / kE)), 128, 512), P = grid =
+//       min(N, #SMs * occupancy, max(1, 2^23 / C)) (one wave).
+//   layer_norm_bwd_block_wide_kernel<T> v1 block kernel, kept only for C > 512 * kE (8192;
+//       double 4096), where a thread's columns no longer fit its registers.
+//       Thread-owned columns; dw/db partials accumulated in the block's own rows of
+//       `partial` in global memory (read-modify-write by the owning thread only; zeroed
+//       first). The second pass re-reads h, dy, w (L1/L2) and recomputes xhat and g
+//       bit-identically. Launch: threads = clamp(roundup32(ceil(C / V / 2)), 128, 1024),
+//       P = grid as v2.
 //   layer_norm_bwd_reduce_kernel<acc_t>  dw[c] / db[c] = sum over p of partial[0/1][p][c]:
 //       block (32, 16) owns 32 columns, thread (tx, ty) sums rows ty, ty + 16, ... in
-//       order, then row 0 adds the 16 sums in order. grid (ceil(C / 32), 2).
+//       order, then row 0 adds the 16 sums in order. grid (ceil(C / 32), 2). The second
+//       kernel of every backward: a fixed-order sum of the per-CTA partials, no atomics.
 //
 // Algorithm / numerics
 //   * Two-pass statistics over the cached row (registers / smem): mean first, then
@@ -63,9 +85,12 @@
 //     (never contracted into an FMA), so the g summed in pass 1 is exactly the g used
 //     in pass 2: for C == 1 (and constant rows) g - mean(g) cancels to exactly 0, as on
 //     the CPU (an FMA residue there would be amplified by rstd ~ 1 / sqrt(eps)).
-//   * Determinism: no atomics. Row -> warp/block assignment, per-lane summation order,
-//     warp-order block sums and the fixed-order column reduction depend only on
-//     (N, C, grid), and the grid only on (N, C, device): bitwise identical run to run.
+//   * Determinism: no atomics. Row -> warp/block assignment, per-lane/thread summation
+//     order, warp-order block sums and the fixed-order column reduction depend only on
+//     (N, C, grid P). P depends on (N, C) and the device: its SM count and the kernel's
+//     occupancy there (fixed by the build's register count per arch). So dx, dw, db are
+//     bitwise identical run to run on one GPU model and build; a GPU with another SM count
+//     (another P) sums dw/db in another grouping (rounding-level differences).
 //
 // Memory access
 //   Element chunk ch covers columns [ch * V, ch * V + V) with V = 16 / sizeof(T)
@@ -76,10 +101,12 @@
 //   otherwise the same chunk is read element by element with a bounds check (c < C).
 //   Columns >= C never reach a sum: their values are 0 and (h - mean) is masked.
 //   Offsets are int64 (row * C); column indices are int in the warp kernels (C <= 2048)
-//   and int64 in the block kernels; C <= 2^30 is checked on the host.
+//   and int64 in the block kernels; C <= 2^30 is checked on the host. The bwd block
+//   kernels' partial rows start at blockIdx * C acc_t: 16-byte aligned whenever C % V == 0.
 //
 // Limits: C in [1, 2^30]; N >= 0 (N == 0: the launcher launches nothing). Shared memory
 //   <= 47 KB dynamic (fwd block kernel) and 16 KB static (bwd warp kernel): no opt-in.
+//   Registers: the bwd block kernel is built for 512 threads (<= 128 registers each).
 //   Needs sm_53+ for the half/bf16 intrinsics used (built for sm_80, sm_90).
 //   Builds with __CUDA_NO_HALF_OPERATORS__ / _CONVERSIONS__ / __CUDA_NO_BFLOAT16_CONVERSIONS__
 //   (only explicit intrinsics on half types).
@@ -103,7 +130,8 @@ namespace ln {
 
 constexpr int kWarpsPerBlock = 4;                   // warp kernels: 4 rows per block
 constexpr int kWarpThreads = 32 * kWarpsPerBlock;   // 128
-constexpr int kMaxBlockThreads = 1024;              // block kernels
+constexpr int kMaxBlockThreads = 1024;              // fwd block, bwd block-wide kernels
+constexpr int kBwdBlockThreads = 512;               // bwd block kernel: <= 128 regs/thread
 constexpr int kMaxC = 1 << 30;                      // int column arithmetic stays in range
 constexpr int kMaxCacheBytes = 47 * 1024;           // fwd block kernel's smem row cache
 constexpr int kGridRowsPerSM = 32;                  // fwd grid cap: 32 blocks per SM
@@ -123,6 +151,7 @@ struct LnTraits<float> {
   static constexpr int kVec = 4;
   static constexpr int kMaxFwdE = 64;  // fwd warp kernel: C <= 2048
   static constexpr int kMaxBwdE = 32;  // bwd warp kernel: C <= 1024
+  static constexpr int kMaxBlockBwdE = 16;  // bwd block kernel: C <= 512 * 16 = 8192
   static __device__ __forceinline__ float to_acc(float v) { return v; }
   static __device__ __forceinline__ float from_acc(float v) { return v; }
 };
@@ -133,6 +162,7 @@ struct LnTraits<double> {
   static constexpr int kVec = 2;
   static constexpr int kMaxFwdE = 16;  // C <= 512
   static constexpr int kMaxBwdE = 16;  // C <= 512
+  static constexpr int kMaxBlockBwdE = 8;  // C <= 4096 (acc_t double: 2 registers each)
   static __device__ __forceinline__ double to_acc(double v) { return v; }
   static __device__ __forceinline__ double from_acc(double v) { return v; }
 };
@@ -143,6 +173,7 @@ struct LnTraits<__half> {
   static constexpr int kVec = 8;
   static constexpr int kMaxFwdE = 64;
   static constexpr int kMaxBwdE = 32;
+  static constexpr int kMaxBlockBwdE = 16;
   static __device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
   static __device__ __forceinline__ __half from_acc(float v) { return __float2half_rn(v); }
 };
@@ -153,6 +184,7 @@ struct LnTraits<__nv_bfloat16> {
   static constexpr int kVec = 8;
   static constexpr int kMaxFwdE = 64;
   static constexpr int kMaxBwdE = 32;
+  static constexpr int kMaxBlockBwdE = 16;
   static __device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
   static __device__ __forceinline__ __nv_bfloat16 from_acc(float v) {
     return __float2bfloat16_rn(v);
@@ -559,12 +591,111 @@ __global__ void __launch_bounds__(kWarpThreads)
 }
 
 // ---------------------------------------------------------------------------
-// Backward: one block per row (any C); dw/db partials in the block's own rows of
-// `partial`, each column read-modified-written only by the thread that owns it.
+// Backward: one block per row (C <= 512 * kE); dw/db column partials in
+// registers across all the block's rows, written to its partial row once at the end.
+// ---------------------------------------------------------------------------
+// Index arithmetic: chunk ch = columns [ch * V, ch * V + V); thread t owns chunks
+// t + k * blockDim.x, k = 0 .. K - 1 (K = kE / V), i.e. columns c0 = (t + k * blockDim.x) * V
+// = first + k * step. The launcher picks blockDim.x >= ceil(C / kE), so K * blockDim.x
+// chunks cover the row; chunks with c0 >= C are skipped (their registers stay 0). The same
+// thread owns the same columns in every row, hence the register-resident column partials.
+template <typename T, int kE>
+__global__ void __launch_bounds__(kBwdBlockThreads)
+    layer_norm_bwd_block_kernel(const LnBwdParams<T> p) {
+  using A = acc_of<T>;
+  constexpr int V = LnTraits<T>::kVec;
+  constexpr int K = kE / V;  // chunks per thread
+  static_assert(kE % V == 0 && K >= 1, "kE must be a multiple of the vector width");
+  __shared__ A scratch[2][32];
+  const int64_t C = p.C;
+  const bool vec = p.vec;
+  const A fC = static_cast<A>(C);
+  // first column of this thread's chunk k, written as (chunk index) * V: with first + k * step
+  // nvcc (13.0) splits more of the 16-byte stores into 4-byte ones (checked in the SASS)
+  auto chunk_col = [](int k) {
+    return (static_cast<int64_t>(threadIdx.x) + static_cast<int64_t>(k) * blockDim.x) * V;
+  };
+  A dw[K][V], db[K][V];  // this thread's columns, summed over all the block's rows
+#pragma unroll
+  for (int k = 0; k < K; ++k)
+#pragma unroll
+    for (int j = 0; j < V; ++j) dw[k][j] = db[k][j] = A(0);
+
+  for (int64_t row = blockIdx.x; row < p.N; row += gridDim.x) {
+    const T* hr = p.h + row * C;
+    const T* dyr = p.dy + row * C;
+    const A mean = p.mean[row];
+    const A rstd = p.rstd[row];
+    A xh[K][V], g[K][V];  // xhat and g of this thread's columns, kept for pass 2
+    // pass 1: xhat, g = dy * w; row sums; this thread's dw/db columns
+    A sg = A(0), sgx = A(0);
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int64_t c0 = chunk_col(k);
+      if (c0 < C) {
+        A hv[V], dy[V], w[V];
+        ld_chunk<V>(hr + c0, C - c0, vec, hv);
+        ld_chunk<V>(dyr + c0, C - c0, vec, dy);
+        ld_chunk<V>(p.w + c0, C - c0, vec, w);
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+          const A x = (c0 + j < C) ? mul_rn(hv[j] - mean, rstd) : A(0);
+          const A gj = mul_rn(dy[j], w[j]);  // 0 for columns >= C (dy = w = 0 there)
+          sg += gj;
+          sgx += gj * x;
+          dw[k][j] += dy[j] * x;
+          db[k][j] += dy[j];
+          xh[k][j] = x;
+          g[k][j] = gj;
+        }
+      }
+    }
+    block_sum2(sg, sgx, scratch);
+    const A ga = sg / fC;   // mean(g)
+    const A gb = sgx / fC;  // mean(g * xhat)
+    // pass 2: dx from the registers (reads only dh)
+    T* dxr = p.dx + row * C;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int64_t c0 = chunk_col(k);
+      if (c0 < C) {
+        A o[V];
+#pragma unroll
+        for (int j = 0; j < V; ++j) o[j] = rstd * ((g[k][j] - ga) - xh[k][j] * gb);
+        if (p.dh != nullptr) {
+          A d[V];
+          ld_chunk<V>(p.dh + row * C + c0, C - c0, vec, d);
+#pragma unroll
+          for (int j = 0; j < V; ++j) o[j] += d[j];
+        }
+        st_chunk<V>(dxr + c0, C - c0, vec, o);
+      }
+    }
+    // block_sum2 ends with a __syncthreads: scratch is free for the next row's sums.
+  }
+
+  // The block's partial rows: row blockIdx.x of partial[0] (dw) and of partial[1] (db),
+  // each column written once, by its owner (P <= N: every block had at least one row).
+  A* dwp = p.partial + static_cast<int64_t>(blockIdx.x) * C;
+  A* dbp = p.partial + (static_cast<int64_t>(gridDim.x) + blockIdx.x) * C;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const int64_t c0 = chunk_col(k);
+    if (c0 < C) {
+      st_chunk<V>(dwp + c0, C - c0, vec, dw[k]);
+      st_chunk<V>(dbp + c0, C - c0, vec, db[k]);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Backward, very wide rows (C > 512 * kE): one block per row; dw/db partials
+// in the block's own rows of `partial`, each column read-modified-written only by the
+// thread that owns it (a thread's columns no longer fit its registers).
 // ---------------------------------------------------------------------------
 template <typename T>
 __global__ void __launch_bounds__(kMaxBlockThreads)
-    layer_norm_bwd_block_kernel(const LnBwdParams<T> p) {
+    layer_norm_bwd_block_wide_kernel(const LnBwdParams<T> p) {
   using A = acc_of<T>;
   constexpr int V = LnTraits<T>::kVec;
   __shared__ A scratch[2][32];
@@ -687,6 +818,21 @@ inline bool bwd_uses_warp_kernel(int C) {
   return C <= 32 * LnTraits<T>::kMaxBwdE;
 }
 
+// Past the warp kernel: the register-partials block kernel up to 512 x kE columns
+// (kE = LnTraits<T>::kMaxBlockBwdE), the -wide kernel beyond.
+template <typename T>
+inline bool bwd_uses_block_kernel(int C) {
+  return C <= kBwdBlockThreads * LnTraits<T>::kMaxBlockBwdE;
+}
+
+// Threads of the bwd block kernel: enough that kE elements per thread cover the row.
+inline int bwd_block_threads_for(int C, int kE) {
+  int64_t t = ((static_cast<int64_t>(C) + kE - 1) / kE + 31) / 32 * 32;
+  if (t < 128) t = 128;
+  if (t > kBwdBlockThreads) t = kBwdBlockThreads;
+  return static_cast<int>(t);
+}
+
 // Forward. p.vec is computed here. Preconditions (the caller checks): 1 <= C <= kMaxC,
 // N >= 1, contiguous [N, C] rows, h != nullptr iff res != nullptr, num_sms >= 1.
 template <typename T>
@@ -725,8 +871,11 @@ inline void launch_layer_norm_fwd(LnFwdParams<T> p, int num_sms, cudaStream_t st
 // Backward plan: which row kernel, its block size, and P = its grid = the number of
 // partial rows per gradient (the caller allocates partial as [2, P, C] acc_t).
 // P = min(rows / rows per block, #SMs x occupancy, max(1, kMaxPartialElems / C)).
+enum class LnBwdKernel { kWarp, kBlock, kBlockWide };
+
 struct LnBwdPlan {
-  int kE;       // warp kernel bucket; 0: block kernel
+  LnBwdKernel kernel;
+  int kE;       // kWarp: elements per lane; kBlock: elements per thread; kBlockWide: 0
   int threads;
   int blocks;   // P
 };
@@ -746,6 +895,7 @@ inline cudaError_t plan_layer_norm_bwd(int64_t N, int C, int num_sms, LnBwdPlan*
   cudaError_t e = cudaSuccess;
   int64_t rows_per_block = 1;
   if (bwd_uses_warp_kernel<T>(C)) {
+    plan->kernel = LnBwdKernel::kWarp;
     plan->threads = kWarpThreads;
     rows_per_block = kWarpsPerBlock;
     if (C <= 32 * 8) {
@@ -759,10 +909,17 @@ inline cudaError_t plan_layer_norm_bwd(int64_t N, int C, int num_sms, LnBwdPlan*
       if constexpr (LnTraits<T>::kMaxBwdE >= 32)
         e = ln_occupancy(layer_norm_bwd_warp_kernel<T, 32>, kWarpThreads, &occ);
     }
+  } else if (bwd_uses_block_kernel<T>(C)) {
+    constexpr int kE = LnTraits<T>::kMaxBlockBwdE;
+    plan->kernel = LnBwdKernel::kBlock;
+    plan->kE = kE;
+    plan->threads = bwd_block_threads_for(C, kE);
+    e = ln_occupancy(layer_norm_bwd_block_kernel<T, kE>, plan->threads, &occ);
   } else {
+    plan->kernel = LnBwdKernel::kBlockWide;
     plan->kE = 0;
     plan->threads = block_threads_for(C, LnTraits<T>::kVec);
-    e = ln_occupancy(layer_norm_bwd_block_kernel<T>, plan->threads, &occ);
+    e = ln_occupancy(layer_norm_bwd_block_wide_kernel<T>, plan->threads, &occ);
   }
   if (e != cudaSuccess) occ = 1;
   const int64_t want = (N + rows_per_block - 1) / rows_per_block;
@@ -772,7 +929,8 @@ inline cudaError_t plan_layer_norm_bwd(int64_t N, int C, int num_sms, LnBwdPlan*
   return e;
 }
 
-// Backward rows: dx, and the [2, plan.blocks, C] partials. p.vec is computed here.
+// Backward rows: dx, and the [2, plan.blocks, C] partials (every element written: each
+// block writes its own partial rows, zeros where it got no rows). p.vec is computed here.
 template <typename T>
 inline void launch_layer_norm_bwd_rows(LnBwdParams<T> p, const LnBwdPlan& plan,
                                        cudaStream_t stream) {
@@ -780,6 +938,15 @@ inline void launch_layer_norm_bwd_rows(LnBwdParams<T> p, const LnBwdPlan& plan,
   p.vec = p.C % V == 0 && aligned16(p.dy) && aligned16(p.h) && aligned16(p.w) &&
           aligned16(p.dx) && aligned16(p.partial) && (p.dh == nullptr || aligned16(p.dh));
   const dim3 grid(static_cast<unsigned>(plan.blocks));
+  if (plan.kernel == LnBwdKernel::kBlock) {
+    constexpr int kE = LnTraits<T>::kMaxBlockBwdE;
+    PYGPT_LAUNCH(grid, plan.threads, 0, stream, layer_norm_bwd_block_kernel<T, kE>)(p);
+    return;
+  }
+  if (plan.kernel == LnBwdKernel::kBlockWide) {
+    PYGPT_LAUNCH(grid, plan.threads, 0, stream, layer_norm_bwd_block_wide_kernel<T>)(p);
+    return;
+  }
   switch (plan.kE) {
     case 8:
       PYGPT_LAUNCH(grid, kWarpThreads, 0, stream, layer_norm_bwd_warp_kernel<T, 8>)(p);
@@ -787,12 +954,9 @@ inline void launch_layer_norm_bwd_rows(LnBwdParams<T> p, const LnBwdPlan& plan,
     case 16:
       PYGPT_LAUNCH(grid, kWarpThreads, 0, stream, layer_norm_bwd_warp_kernel<T, 16>)(p);
       break;
-    case 32:
+    default:
       if constexpr (LnTraits<T>::kMaxBwdE >= 32)
         PYGPT_LAUNCH(grid, kWarpThreads, 0, stream, layer_norm_bwd_warp_kernel<T, 32>)(p);
-      break;
-    default:
-      PYGPT_LAUNCH(grid, plan.threads, 0, stream, layer_norm_bwd_block_kernel<T>)(p);
       break;
   }
 }

@@ -17,9 +17,14 @@
 // __nv_bfloat16, double). Which kernel runs, the launch shapes and the algorithm are
 // described in kernels/layer_norm.cuh.
 //
-// Backward workspace: one [2, P, C] acc-dtype tensor of per-block dw/db partial sums
-// (P <= #SMs x occupancy, P x C <= 2^23), reduced in a fixed order by a second kernel: no atomics, every
-// output bitwise deterministic run to run on a given GPU.
+// Backward: two launches. The row kernel (warp kernel for C <= 1024, double 512; block kernel
+// with register-resident dw/db partials up to C = 8192, double 4096; the -wide block kernel beyond)
+// computes dx and leaves one [2, P, C] acc-dtype tensor of per-CTA dw/db partial sums, each CTA
+// writing its own rows once (P = its grid <= #SMs x occupancy, P x C <= 2^23; at::empty is fine:
+// every element is written). The reduce kernel then sums the P partial rows per column in a fixed
+// order: no atomics, every output bitwise deterministic run to run. The bits of dweight/dbias
+// depend on P, i.e. on the GPU's SM count and the kernel's occupancy for this build (its register
+// count), not on timing.
 #include "../checks.h"
 #include "../registry.h"
 #include "../../kernels/layer_norm.cuh"

@@ -29,23 +29,35 @@ Forward kernel ``_ln_fwd``: grid (N,), one program per row.
      and a large row mean does not cancel the variance as E[h^2] - E[h]^2 would;
   3. y = d * rstd * w (+ b), stored in x's dtype; mean and rstd stored per row.
 
-Backward kernel ``_ln_bwd``: grid (G,), program p owns the contiguous block of rows
-``[p * ROWS, min((p + 1) * ROWS, N))`` with ``ROWS = cdiv(N, G)``. Per row:
+Backward kernel ``_ln_bwd``: a parallel row split. The M = N rows are cut into G contiguous
+chunks of ROWS = ``rows_per_prog`` rows; program p (grid (G,), G = cdiv(M, ROWS)) owns rows
+``[p * ROWS, min((p + 1) * ROWS, M))`` -- only the last chunk may be short -- and walks them in
+tiles of BLOCK_R rows: a [BLOCK_R, BLOCK_C] tile at rows ``r0 + tl.arange(0, BLOCK_R)``, element
+(i, c) at ``(r0 + i) * C + c``, masked by ``(row < row_end) & (c < C)``. Per row:
     xhat = (h - mean) * rstd,  g = dy * w
     dx   = rstd * (g - mean(g) - xhat * mean(g * xhat))   (+ dh, the gradient that reaches h
                                                             directly on the residual path)
-and it accumulates ``dy * xhat`` and ``dy`` into two float32 BLOCK_C register vectors. At the end
-it writes them to row p of two [G, C] float32 partial buffers: no atomics, no locks, no
-contention on one row.
+(the means over the row: ``tl.sum(axis=1)`` of the tile, / C). The program accumulates
+``dy * xhat`` and ``dy``, summed over the tile's rows (``tl.sum(axis=0)``), into two float32 BLOCK_C
+register vectors and at the end writes them to row p of two [G, C] float32 partial buffers: one
+partial row per program, no atomics, no locks.
 
 Reduction kernel ``_ln_bwd_reduce``: grid (cdiv(C, BLOCK_N),), program q sums columns
 ``[q * BLOCK_N, (q + 1) * BLOCK_N)`` of the partial buffers over all G rows, in tiles of
-BLOCK_M x BLOCK_N, in a fixed order. Together with the fixed row partition (G depends only on N
-and the device) the weight/bias gradients are bitwise deterministic run to run.
+BLOCK_M x BLOCK_N, in a fixed order.
 
-G is min(N, 2 x SM count) on a GPU (enough programs to fill the machine, few enough that the
-[G, C] partials stay small: 264 x 768 x 4 B x 2 = 1.6 MB on an H100) and min(N, 16) under the
-interpreter.
+The split (``_bwd_split``): ROWS = max(16, cdiv(M, 8 x #SMs), cdiv(M, 2^22 // C)), rounded up to a
+multiple of BLOCK_R = clamp(16 x threads // BLOCK_C, 1, 8) (a tile of <= 16 elements per thread and
+tensor: 8 rows for C <= 64, 2 for C = 768 ... 2048, 1 for wider rows). For large M that is ~8 programs per SM (1056 on
+a 132-SM H100 from M = 16896 rows on; 512 = ~4 per SM at M = 8192), while the partial buffers stay
+small: at most one partial row per 16 rows (<= 1/16 of dy's element count, in fp32) and <= 2^22
+elements each. The previous version ran min(M, 2 x #SMs) programs of cdiv(M, G) rows, one row at a
+time: 2 programs per SM with one row's loads in flight each (estimated, not measured, at 0.3-0.5x
+of copy bandwidth). Under the interpreter #SMs counts as 1, so small tests split too (37 rows:
+16 + 16 + 5).
+Determinism: the split depends only on (M, C, the SM count) and every sum runs in a fixed order
+(per program: tiles in row order, ``tl.sum`` trees fixed by the shapes; then the reduction in row
+tiles), so dx, dweight and dbias are bitwise reproducible run to run on one GPU model.
 
 Precision: all arithmetic in float32 (float64 for float64 inputs); fp16/bf16 only at the loads
 and stores. weight/bias may be of another floating dtype than x; the gradients come back in
@@ -136,41 +148,48 @@ def _ln_fwd(
 def _ln_bwd(
     DY, DH, Hh, W, Mean, Rstd, DX, DWp, DBp,
     N, C, rows_per_prog,
-    HAS_DH: tl.constexpr, ACC64: tl.constexpr, BLOCK_C: tl.constexpr, RTNE_BF16: tl.constexpr,
+    HAS_DH: tl.constexpr, ACC64: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+    RTNE_BF16: tl.constexpr,
 ):
+    # Program p owns the contiguous rows [row_start, row_end) and writes row p of the partials.
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_C)
-    mask = cols < C
+    cmask = cols < C
     acc_t = tl.float64 if ACC64 else tl.float32
 
-    w = tl.load(W + cols, mask=mask, other=0.0).to(acc_t)
+    w = tl.load(W + cols, mask=cmask, other=0.0).to(acc_t)
     dw = tl.zeros([BLOCK_C], dtype=acc_t)
     db = tl.zeros([BLOCK_C], dtype=acc_t)
 
-    row_start = pid.to(tl.int64) * rows_per_prog  # int64 bounds: the loop index is int64 too
+    row_start = pid.to(tl.int64) * rows_per_prog  # int64: row * C may exceed 2^31
     row_end = tl.minimum(row_start + rows_per_prog, N)
-    for row in range(row_start, row_end):
-        off = row * C + cols
+    for r0 in range(row_start, row_end, BLOCK_R):
+        # tile rows r0 .. r0 + BLOCK_R - 1; those >= row_end (the short last chunk) are masked
+        rows = r0 + tl.arange(0, BLOCK_R)
+        rmask = rows < row_end
+        mask = rmask[:, None] & cmask[None, :]
+        off = rows[:, None] * C + cols[None, :]  # [BLOCK_R, BLOCK_C] element offsets
         h = tl.load(Hh + off, mask=mask, other=0.0).to(acc_t)
         dy = tl.load(DY + off, mask=mask, other=0.0).to(acc_t)
-        mean = tl.load(Mean + row).to(acc_t)
-        rstd = tl.load(Rstd + row).to(acc_t)
+        mean = tl.load(Mean + rows, mask=rmask, other=0.0).to(acc_t)
+        rstd = tl.load(Rstd + rows, mask=rmask, other=0.0).to(acc_t)
 
-        xhat = tl.where(mask, (h - mean) * rstd, 0.0)
-        g = dy * w  # 0 on masked lanes (w and dy load 0 there)
-        c_g = tl.sum(g, axis=0) / C
-        c_gx = tl.sum(g * xhat, axis=0) / C
-        dx = (g - c_g - xhat * c_gx) * rstd
+        xhat = tl.where(mask, (h - mean[:, None]) * rstd[:, None], 0.0)
+        g = dy * w[None, :]  # 0 on masked lanes (dy and w load 0 there)
+        c_g = tl.sum(g, axis=1) / C  # per row: mean(g)
+        c_gx = tl.sum(g * xhat, axis=1) / C  # per row: mean(g * xhat)
+        dx = (g - c_g[:, None] - xhat * c_gx[:, None]) * rstd[:, None]
         if HAS_DH:
             dx = dx + tl.load(DH + off, mask=mask, other=0.0).to(acc_t)
         tl.store(DX + off, _cast(dx, DX.dtype.element_ty, RTNE_BF16), mask=mask)
 
-        dw += dy * xhat
-        db += dy
+        # column partials: masked rows contribute exact zeros (dy = 0 and xhat = 0 there)
+        dw += tl.sum(dy * xhat, axis=0)
+        db += tl.sum(dy, axis=0)
 
     poff = pid.to(tl.int64) * C + cols
-    tl.store(DWp + poff, dw, mask=mask)
-    tl.store(DBp + poff, db, mask=mask)
+    tl.store(DWp + poff, dw, mask=cmask)
+    tl.store(DBp + poff, db, mask=cmask)
 
 
 @triton.jit
@@ -216,11 +235,33 @@ def _num_warps(BLOCK_C: int) -> int:
     return min(max(BLOCK_C // 256, 1), 8)
 
 
-def _num_groups(N: int, device: torch.device) -> int:
+# The backward's row split (see the module docstring).
+BWD_PROGRAMS_PER_SM = 8  # programs per SM for large M
+BWD_MIN_ROWS = 16  # at least 16 rows per program: at most one partial row per 16 rows
+BWD_MAX_PARTIAL = 1 << 22  # elements per [G, C] partial buffer (16 MB in fp32)
+BWD_TILE_PER_THREAD = 16  # elements of a [BLOCK_R, BLOCK_C] tile per thread (per tensor: h, dy, ...)
+
+
+def _bwd_block_r(BLOCK_C: int) -> int:
+    """Rows per tile: as many as keep the tile at <= 16 elements per thread, 1 ... 8."""
+    threads = 32 * _num_warps(BLOCK_C)
+    return max(1, min(8, BWD_TILE_PER_THREAD * threads // BLOCK_C))
+
+
+def _sm_count(device: torch.device) -> int:
     if device.type == "cuda":
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
-        return max(1, min(N, 2 * sms))
-    return max(1, min(N, 16))
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 1  # the interpreter: small grids, so that small tests already split their rows
+
+
+def _bwd_split(N: int, C: int, device: torch.device) -> tuple[int, int, int]:
+    """(rows_per_prog, G, BLOCK_R) of the backward for N >= 1 rows of width C: G = cdiv(N, rows_per_prog)
+    programs of rows_per_prog contiguous rows each (a multiple of BLOCK_R; only the last may be short)."""
+    block_r = _bwd_block_r(triton.next_power_of_2(C))
+    rows = max(BWD_MIN_ROWS, triton.cdiv(N, BWD_PROGRAMS_PER_SM * _sm_count(device)),
+               triton.cdiv(N, max(1, BWD_MAX_PARTIAL // C)))
+    rows = triton.cdiv(rows, block_r) * block_r
+    return rows, triton.cdiv(N, rows), block_r
 
 
 def _fwd_impl(x, residual, weight, bias, eps: float):
@@ -263,16 +304,14 @@ def _bwd_impl(grad_y, grad_h, h, weight, mean, rstd):
     db = torch.empty((C,), dtype=weight.dtype, device=h.device)
     if N == 0:
         return dx, dw.zero_(), db.zero_()
-    G = _num_groups(N, h.device)
-    rows_per_prog = triton.cdiv(N, G)
-    G = triton.cdiv(N, rows_per_prog)  # no empty programs
-    dwp = torch.empty((G, C), dtype=acc, device=h.device)
+    rows_per_prog, G, BLOCK_R = _bwd_split(N, C, h.device)  # G programs, none empty
+    dwp = torch.empty((G, C), dtype=acc, device=h.device)  # every element written
     dbp = torch.empty((G, C), dtype=acc, device=h.device)
     _ln_bwd[(G,)](
         dy, dh if dh is not None else dy, h, w, mean, rstd, dx, dwp, dbp,
         N, C, rows_per_prog,
-        HAS_DH=dh is not None, ACC64=acc == torch.float64, BLOCK_C=BLOCK_C, RTNE_BF16=_RTNE_BF16,
-        num_warps=_num_warps(BLOCK_C),
+        HAS_DH=dh is not None, ACC64=acc == torch.float64, BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C,
+        RTNE_BF16=_RTNE_BF16, num_warps=_num_warps(BLOCK_C),
     )
     BLOCK_N = 64 if C >= 64 else triton.next_power_of_2(C)
     _ln_bwd_reduce[(triton.cdiv(C, BLOCK_N),)](

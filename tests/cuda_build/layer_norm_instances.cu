@@ -10,7 +10,8 @@
 //   fwd warp  <T, kE>: float, half, bf16: kE = 8, 16, 32, 64; double: kE = 8, 16
 //   fwd block <T>:     all four T
 //   bwd warp  <T, kE>: float, half, bf16: kE = 8, 16, 32;     double: kE = 8, 16
-//   bwd block <T>:     all four T
+//   bwd block <T, kE>: float, half, bf16: kE = 16;  double: kE = 8  (LnTraits<T>::kMaxBlockBwdE)
+//   bwd block-wide <T>: all four T
 //   bwd reduce <A>:    float, double
 #include "../../kernels/layer_norm.cuh"
 
@@ -21,7 +22,9 @@ namespace ln {
 #define PYGPT_LN_BWD_WARP(T, E) template __global__ void layer_norm_bwd_warp_kernel<T, E>(const LnBwdParams<T>);
 #define PYGPT_LN_ALL(T)                                                                       \
   template __global__ void layer_norm_fwd_block_kernel<T>(const LnFwdParams<T>, const bool); \
-  template __global__ void layer_norm_bwd_block_kernel<T>(const LnBwdParams<T>);              \
+  template __global__ void layer_norm_bwd_block_wide_kernel<T>(const LnBwdParams<T>);         \
+  template __global__ void layer_norm_bwd_block_kernel<T, LnTraits<T>::kMaxBlockBwdE>(         \
+      const LnBwdParams<T>);                                                                  \
   template void launch_layer_norm_fwd<T>(LnFwdParams<T>, int, cudaStream_t);                  \
   template cudaError_t plan_layer_norm_bwd<T>(int64_t, int, int, LnBwdPlan*);                 \
   template void launch_layer_norm_bwd_rows<T>(LnBwdParams<T>, const LnBwdPlan&, cudaStream_t);

@@ -1,7 +1,13 @@
 // kernels/layer_norm.cuh run on the CPU emulator (tests/cuda_emu/emu.h) and checked against float64
 // references. Drives the header's launch helpers exactly as csrc/cuda/layer_norm_cuda.cu does:
 // launch_layer_norm_fwd; plan_layer_norm_bwd, a [2, P, C] partial buffer, launch_layer_norm_bwd_rows,
-// launch_layer_norm_bwd_reduce. Every output is NaN-poisoned before the call.
+// launch_layer_norm_bwd_reduce. Every output is NaN-poisoned before the call. `sms` is the SM count
+// the launcher would read from the device: small values force small grids (P = min(N, sms x
+// occupancy), the emulator's occupancy being min(2048 / threads, 32)), so that one block or warp
+// handles several rows, as on a GPU with many more rows than CTAs.
+// Each case also checks which backward kernel the plan picked (warp / block / block-wide, from C
+// alone, thresholds restated below), and `rerun` cases run the backward a second time into fresh
+// NaN-poisoned buffers (another scheduler interleaving) and require bitwise-equal dx, dw, db.
 //
 // Tolerances: relative max error max|v - ref| / max|ref| per output, with ref the float64 value
 // computed from the same (rounded) inputs; y and dx from the kernel's h as stored and its mean/rstd
@@ -40,9 +46,22 @@ double tol_acc() {
   return sizeof(T) == 8 ? 1e-13 : 2e-6;
 }
 
+// The backward kernel the launcher must pick for C (restated from kernels/layer_norm.cuh: warp kernel
+// up to 1024 columns (double 512), register-partials block kernel up to 8192 (double 4096), -wide beyond).
+template <typename T>
+LnBwdKernel expected_bwd_kernel(int C) {
+  const bool d = sizeof(T) == 8;
+  if (C <= (d ? 512 : 1024)) return LnBwdKernel::kWarp;
+  if (C <= (d ? 4096 : 8192)) return LnBwdKernel::kBlock;
+  return LnBwdKernel::kBlockWide;
+}
+const char* kernel_name(LnBwdKernel k) {
+  return k == LnBwdKernel::kWarp ? "warp" : k == LnBwdKernel::kBlock ? "block" : "wide";
+}
+
 // mis: 0 all aligned; 1 x misaligned by one element; 2 weight misaligned; 3 dy misaligned
 template <typename T>
-void run_case(int64_t N, int C, bool res, bool bias, int mis, int sms, uint64_t seed) {
+void run_case(int64_t N, int C, bool res, bool bias, int mis, int sms, uint64_t seed, bool rerun = false) {
   using A = acc_of<T>;
   const size_t NC = static_cast<size_t>(N) * static_cast<size_t>(C);
   constexpr int V = LnTraits<T>::kVec;
@@ -148,9 +167,30 @@ void run_case(int64_t N, int C, bool res, bool bias, int mis, int sms, uint64_t 
   suite.require("bwd rows launch", launch_ok(cudaSuccess));
   launch_layer_norm_bwd_reduce<A>(part.p, plan.blocks, C, dw.p, db.p, nullptr);
   suite.require("bwd reduce launch", launch_ok(cudaSuccess));
-  char pl[64];
-  std::snprintf(pl, sizeof(pl), " bwd:%s P=%d", plan.kE ? "warp" : "block", plan.blocks);
+  char pl[96];
+  std::snprintf(pl, sizeof(pl), " bwd:%s kE=%d threads=%d P=%d", kernel_name(plan.kernel), plan.kE, plan.threads,
+                plan.blocks);
   suite.line += pl;
+  suite.require("bwd kernel choice", plan.kernel == expected_bwd_kernel<T>(C));
+  suite.require("P <= N", plan.blocks >= 1 && plan.blocks <= N);
+  if (rerun) {  // the same launches again: bitwise the same dx, dw, db (and every output written)
+    Buf<A> part2(part.n), dw2(dw.n), db2(db.n);
+    Buf<T> dx2(NC);
+    part2.poison();
+    dw2.poison();
+    db2.poison();
+    dx2.poison();
+    LnBwdParams<T> bp2 = bp;
+    bp2.dx = dx2.p;
+    bp2.partial = part2.p;
+    launch_layer_norm_bwd_rows<T>(bp2, plan, nullptr);
+    suite.require("bwd rows launch (rerun)", launch_ok(cudaSuccess));
+    launch_layer_norm_bwd_reduce<A>(part2.p, plan.blocks, C, dw2.p, db2.p, nullptr);
+    suite.require("bwd reduce launch (rerun)", launch_ok(cudaSuccess));
+    suite.require("rerun: dx bitwise equal", std::memcmp(dx.p, dx2.p, NC * sizeof(T)) == 0);
+    suite.require("rerun: dw bitwise equal", std::memcmp(dw.p, dw2.p, static_cast<size_t>(C) * sizeof(A)) == 0);
+    suite.require("rerun: db bitwise equal", std::memcmp(db.p, db2.p, static_cast<size_t>(C) * sizeof(A)) == 0);
+  }
 
   Err edx, edw, edb;
   std::vector<double> dwr(static_cast<size_t>(C), 0), dbr(static_cast<size_t>(C), 0), dwa(static_cast<size_t>(C), 0),
@@ -209,6 +249,23 @@ void sweep(const std::vector<int>& Cs) {
   }
 }
 
+// The backward block kernels (register partials up to 8192 columns, double 4096; -wide beyond) with
+// 1, 3 and 37 rows, with and without residual (dh), on a 1-SM "device": with 37 rows every block
+// strides over several rows (P = min(37, occupancy) = 16 for 128 threads, 4 for 512), so the register
+// partials carry across rows. The 37-row cases rerun the backward (determinism). mis = 3 (dy
+// misaligned) takes the scalar chunk path for aligned widths.
+template <typename T>
+void block_sweep(const std::vector<int>& Cs) {
+  uint64_t seed = 5000 + 100 * sizeof(T) + (std::is_same_v<T, __half> ? 7 : 0);
+  for (int C : Cs) {
+    for (int64_t N : {1, 3, 37}) {
+      run_case<T>(N, C, true, true, 0, 1, ++seed, N == 37);
+      run_case<T>(N, C, false, N != 3, 0, 1, ++seed, N == 37);
+    }
+    run_case<T>(37, C, true, false, 3, 2, ++seed);
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -224,5 +281,14 @@ int main() {
   run_case<float>(700, 4097, false, true, 0, 20, 98);
   run_case<__nv_bfloat16>(700, 768, true, false, 0, 20, 97);
   run_case<double>(700, 200, true, true, 0, 20, 96);
+  // backward block kernels: 1025 (first block width), 2048 (the switch for 16-bit forward too), odd
+  // 4097, 8192 (the register kernel's last width: 512 threads), 8193 / 8200 (the -wide kernel)
+  block_sweep<float>({1025, 2048, 4097, 8192, 8193});
+  block_sweep<__half>({2048, 4097, 8200});
+  block_sweep<__nv_bfloat16>({2048, 4097, 8192});
+  block_sweep<double>({513, 2048, 4097});
+  // many partial rows for the register block kernel (P = 20 SMs x 16 = 320 > 16: strided reduce rows)
+  run_case<float>(700, 2048, true, true, 0, 20, 95, true);
+  run_case<__nv_bfloat16>(400, 1032, false, true, 0, 20, 94, true);
   return suite.finish("layer_norm");
 }

@@ -69,6 +69,64 @@ def test_parity(C, residual, bias, dtype, gen):
         check(x, w, b, r, gen)
 
 
+# The backward's parallel row split (pygpt/triton/layer_norm.py, _bwd_split): under the interpreter
+# programs get max(16, cdiv(M, 8)) rows, rounded up to the row tile BLOCK_R (8 rows for C <= 64, 4
+# for C = 100): M = 37 runs as 16 + 16 + 5 rows (the last chunk short and its tile masked), M = 301 as
+# 7 x 40 + 21, M = 1 as one program with one live row of its tile.
+SPLIT_ROWS = (1, 37, 301)
+SPLIT_WIDTHS = (1, 17, 100)  # 17 and 100: column masking (BLOCK_C = 32, 128)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("C", SPLIT_WIDTHS)
+@pytest.mark.parametrize("M", SPLIT_ROWS)
+def test_bwd_row_split_parity(M, C, residual, dtype, gen):
+    """dx, dresidual, dweight, dbias through the split backward against the float64 (16-bit: float32)
+    reference, with kernel_parity's rule (3x eager's error in the input dtype, plus the floor)."""
+    rows, G, block_r = tln._bwd_split(M, C, torch.device(DEV))
+    assert rows % block_r == 0 and (G - 1) * rows < M <= G * rows
+    if M > 1 and DEV == "cpu":  # the cases this test exists for: several programs, a short last chunk
+        assert G > 1 and M % rows != 0 and (M % rows) % block_r != 0, (rows, G, block_r)
+    x = randn(M, C, dtype=dtype, device=DEV, gen=gen, scale=2.0) + 3.0
+    w = randn(C, dtype=dtype, device=DEV, gen=gen)
+    b = randn(C, dtype=dtype, device=DEV, gen=gen)
+    r = randn(M, C, dtype=dtype, device=DEV, gen=gen) if residual else None
+    check(x, w, b, r, gen)
+
+
+def test_bwd_row_split_deterministic(gen):
+    """Two runs of the split backward (several programs, a short last chunk, dh) are bitwise equal."""
+    M, C = 37, 100
+    x = randn(M, C, dtype=torch.float32, device=DEV, gen=gen) + 3.0
+    r = randn(M, C, dtype=torch.float32, device=DEV, gen=gen)
+    w = randn(C, dtype=torch.float32, device=DEV, gen=gen)
+    _y, h, mean, rstd = torch.ops.pygpt.triton_layer_norm_fwd(x, r, w, None, 1e-5)
+    gy = randn(M, C, dtype=torch.float32, device=DEV, gen=gen)
+    gh = randn(M, C, dtype=torch.float32, device=DEV, gen=gen)
+    a = torch.ops.pygpt.triton_layer_norm_bwd(gy, gh, h, w, mean, rstd)
+    b = torch.ops.pygpt.triton_layer_norm_bwd(gy, gh, h, w, mean, rstd)
+    for u, v in zip(a, b):
+        assert torch.isfinite(u).all()
+        assert torch.equal(u, v)
+
+
+@pytest.mark.parametrize("sms", [1, 108, 132])
+@pytest.mark.parametrize("C", [1, 17, 768, 4097, 16384])
+def test_bwd_split_shape(C, sms, monkeypatch):
+    """The split's arithmetic for GPU-sized problems: every row covered once, no empty program, rows a
+    multiple of the row tile, >= 16 rows per program, partial buffers <= 2^22 elements, and several
+    programs per SM once M is large."""
+    monkeypatch.setattr(tln, "_sm_count", lambda device: sms)
+    for M in (1, 5, 37, 1000, 8192, 16896, 100_003, 1 << 20):
+        rows, G, block_r = tln._bwd_split(M, C, torch.device("cpu"))
+        assert block_r in (1, 2, 4, 8) and rows % block_r == 0 and rows >= tln.BWD_MIN_ROWS
+        assert (G - 1) * rows < M <= G * rows  # contiguous chunks cover [0, M), the last one non-empty
+        assert G * C <= max(tln.BWD_MAX_PARTIAL, C)  # bounded partials (one row at least)
+        if M >= 16 * tln.BWD_PROGRAMS_PER_SM * sms and G * C * 2 <= tln.BWD_MAX_PARTIAL:
+            assert G >= 4 * sms, (M, C, sms, rows, G)
+
+
 @pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
 def test_non_contiguous_and_3d(residual, gen):
     big = randn(2, 10, 2 * 128, dtype=torch.float32, device=DEV, gen=gen)
