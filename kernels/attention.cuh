@@ -6,9 +6,33 @@
 // (checks, allocation, D padding, dispatch) and tests/cuda_build/attention_instances.cu
 // instantiates every kernel below for a build check without torch headers.
 //
+// Versions of the forward (attention_fwd_kernel<T, kD, kBr>; the backward has one version):
+//   v1  kBr = 64   64 query rows per CTA, 4 warps x 16 rows (one m16 mma tile per warp), key blocks
+//                  of 64. Every kD (32, 64, 128). The original; kept because it is the only one at
+//                  kD = 32, gives twice the CTAs for short sequences / few heads (better SM fill),
+//                  and is the reference the 128-row version is checked against (bit-identical at
+//                  kD = 64 on the emulator).
+//   v2  kBr = 128  128 query rows per CTA, 4 warps x 32 rows (TWO m16 tiles per warp), key blocks of
+//                  64 (kD = 64) or 32 (kD = 128). kD in {64, 128}. Why: in v1 every K fragment
+//                  (ldmatrix.x4 of K for S = Q K^T) and every V fragment (ldmatrix.x4.trans for
+//                  O += P V) feeds 2 mmas (the two n8 halves of one m16 tile); with two m-tiles per
+//                  warp the same fragment feeds 4, halving shared-memory (ldmatrix) traffic per mma,
+//                  which bounds mma.sync attention; and each K/V tile brought into smem serves 128
+//                  queries instead of 64, halving K/V global/L2 reads. 4 warps x 32 rows rather than
+//                  8 warps x 16 rows: 8 warps would halve the K/V re-reads per query too, but each
+//                  warp would still use each fragment for 2 mmas only (FlashAttention-2's own
+//                  sm80 forward also uses 4 warps with 128-row tiles). The price is registers: O is
+//                  2 x 16 x kD fp32 per warp (kD = 128: 128 registers per thread), so kD = 128
+//                  walks keys 32 at a time (S = 2 x 16 x 32) and re-reads Q from smem; ptxas
+//                  (nvcc 13.0): 246 / 251-254 registers at kD = 64 / 128, no spills. Causal: a
+//                  warp skips a key block lying entirely right of its 32 rows (warp-uniform branch).
+//   Selection: the launcher reads PYGPT_ATTN_FWD_ROWS on every call (choose_fwd_rows below): unset,
+//   "" or "auto" -> v2 at kD in {64, 128} (any 32 < D <= 128), v1 at kD = 32; "64" -> v1;
+//   "128" -> v2, an error at kD = 32; anything else -> an error naming the value.
+//
 // Kernels (each a template on the element type T in {__half, __nv_bfloat16} and the head dim
 // kD in {32, 64, 128}; `causal` is a run-time flag, so there are 6 instances of each of the three
-// matmul kernels and 2 of the delta kernel):
+// matmul kernels, plus 4 of the 128-row forward, and 2 of the delta kernel):
 //   attention_fwd_kernel        out, lse = attention(q, k, v).       FlashAttention-2 forward.
 //   attention_bwd_delta_kernel  delta_i = rowsum(dO_i o O_i) (fp32). Backward pre-pass: the
 //                               dK/dV kernel needs delta of every query, before any P is formed.
@@ -36,12 +60,13 @@
 // lse = (m + log2(l)) * ln(2) -> natural log. Backward: P_ij = exp2(c*s_ij - lse_i*log2(e)).
 //
 // Algorithm (Dao, "FlashAttention-2", 2023):
-//   forward   CTA = (query block of Br=64 rows, b*h); 4 warps, warp w owns rows 16w..16w+15.
+//   forward   CTA = (query block of Br = 64 (v1) or 128 (v2) rows, b*h); 4 warps, warp w owns rows
+//             kWR*w..kWR*w+kWR-1 (kWR = 16 or 32: kMT = 1 or 2 m16 tiles, handled alike).
 //             The Q tile goes to smem (cp.async) and from there into registers as mma A fragments
-//             (ldmatrix.x4; once at kD <= 64, per key block at kD = 128). Key blocks of Bc=64
-//             are walked left to right, K/V tiles double buffered in smem with cp.async (block
-//             j+1 streams in while block j is computed):
-//               S = Q K^T             16x64 per warp, fp32 in registers (mma C fragments)
+//             (ldmatrix.x4; once at kD <= 64, per key block at kD = 128). Key blocks of Bc (64; 32
+//             in v2 at kD = 128) are walked left to right, K/V tiles double buffered in smem with
+//             cp.async (block j+1 streams in while block j is computed):
+//               S = Q K^T             kWR x Bc per warp, fp32 in registers (mma C fragments)
 //               masking               only in blocks that cross the causal diagonal or hold the
 //                                     key tail (k >= Tk); -inf there
 //               online softmax        row max / row sum over the 4 lanes of a quad (shfl_xor 1, 2);
@@ -95,7 +120,7 @@
 // pitch (2kD + 16 bytes) an odd multiple of 16 bytes, so the 8 consecutive row addresses of one
 // ldmatrix phase fall in 8 different 4-bank groups: conflict-free ldmatrix, no swizzle needed
 // (cp.async stores are conflict-free too, except a harmless 2-way overlap at kD = 32).
-//   forward  sQ[64] | sK[2][64] | sV[2][64]                         kD=32/64/128: 25/45/85 KiB
+//   forward  sQ[Br] | sK[2][Bc] | sV[2][Bc]     v1 kD=32/64/128: 25/45/85 KiB; v2 kD=64/128: 54/68 KiB
 //   dK/dV    sK[64] | sV[64] | sQ[2][Bq] | sdO[2][Bq] | fp32 [2][2*Bq]   31/55/68.5 KiB
 //   dQ       sQ[64] | sdO[64] | sK[2][Bc] | sV[2][Bc]                30/54/68 KiB
 // (> 48 KiB needs cudaFuncSetAttribute, done in the launch helpers; all fit the 99 KiB of sm_86/89.)
@@ -103,7 +128,7 @@
 // finite values enter the MMAs; their scores are masked (or, in the dK/dV kernel, their lse is set
 // to +inf so P = 0) and they are never stored.
 //
-// Registers: the forward keeps Q's A fragments in registers at kD <= 64 (kD/4 registers) and
+// Registers: the forward keeps Q's A fragments in registers at kD <= 64 (kMT*kD/4 registers) and
 // re-reads them from smem at kD = 128; the backward kernels always re-read their stationary
 // operands (Q/dO resp. K/V) from smem. Block sizes (Cfg below) are chosen so ptxas reports zero
 // spills for every kernel on sm_80 and sm_90 (nvcc 13.0: 107-248 registers per thread;
@@ -123,6 +148,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstring>
 
 // Kernel launches are written PYGPT_LAUNCH(grid, block, smem, stream, kernel)(args...): the
 // triple-chevron launch; tests/cuda_emu/emu.h (the host emulator that runs these kernels in CI, see
@@ -144,9 +170,6 @@ template <int kD>
 struct Cfg {
   static_assert(kD == 32 || kD == 64 || kD == 128, "kD must be 32, 64 or 128");
   static constexpr int kPitch = kD + kPad;  // smem row pitch, elements
-  // forward: query rows per CTA (16 per warp), keys per block
-  static constexpr int kFwdBr = 64;
-  static constexpr int kFwdBc = 64;
   // dK/dV: keys per CTA (16 per warp), queries per block (fewer at kD=128: registers)
   static constexpr int kDkvBc = 64;
   static constexpr int kDkvBq = kD <= 64 ? 64 : 32;
@@ -155,9 +178,23 @@ struct Cfg {
   static constexpr int kDqBc = kD <= 64 ? 64 : 32;
 };
 
-template <typename T, int kD>
+// Forward tiles: kBr query rows per CTA (the version, 64 or 128; see the header), 4 warps of kMT
+// 16-row m-tiles each, key blocks of kBc.
+template <int kD, int kBr>
+struct FwdCfg {
+  static_assert(kBr == 64 || (kBr == 128 && (kD == 64 || kD == 128)),
+                "forward configs: 64 rows (kD 32/64/128) or 128 rows (kD 64/128)");
+  static constexpr int kMT = kBr / (16 * (kThreads / 32));  // m-tiles per warp: 1 or 2
+  // 128 rows at kD = 128: 32-key blocks (S is 2 x 16 x 32 per warp), else the O accumulators
+  // (2 x 16 x 128 fp32 = 128 registers per thread) plus S would not fit in 255 registers
+  static constexpr int kBc = (kBr == 128 && kD == 128) ? 32 : 64;
+  // Q's A fragments stay in registers (kMT * kD / 4 of them) at kD <= 64; re-read at kD = 128
+  static constexpr bool kQInRegs = kD <= 64;
+};
+
+template <typename T, int kD, int kBr = 64>
 constexpr int fwd_smem_bytes() {
-  return (Cfg<kD>::kFwdBr + 4 * Cfg<kD>::kFwdBc) * Cfg<kD>::kPitch * static_cast<int>(sizeof(T));
+  return (kBr + 4 * FwdCfg<kD, kBr>::kBc) * Cfg<kD>::kPitch * static_cast<int>(sizeof(T));
 }
 template <typename T, int kD>
 constexpr int dkdv_smem_bytes() {
@@ -396,14 +433,18 @@ __device__ __forceinline__ void store_warp_rows(const float (&acc)[kD / 8][4], f
 // Forward
 // ================================================================================================
 
-template <typename T, int kD>
+template <typename T, int kD, int kBr = 64>
 __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const FwdParams p) {
-  constexpr int Br = Cfg<kD>::kFwdBr, Bc = Cfg<kD>::kFwdBc, P = Cfg<kD>::kPitch;
+  using FC = FwdCfg<kD, kBr>;
+  constexpr int Br = kBr, Bc = FC::kBc, P = Cfg<kD>::kPitch;
+  constexpr int kMT = FC::kMT;    // 16-row mma m-tiles per warp
+  constexpr int kWR = 16 * kMT;   // query rows per warp
   constexpr int kKS = kD / 16;    // k-steps of Q K^T (over d)
   constexpr int kNS = Bc / 8;     // n-tiles of S (keys)
   constexpr int kNO = kD / 8;     // n-tiles of O (d)
+  constexpr bool kQInRegs = FC::kQInRegs;
   constexpr uint32_t kE = sizeof(T);  // bytes per element (smem byte offsets stay 32-bit)
-  static_assert(Br == 16 * (kThreads / 32), "one 16-row mma tile per warp");
+  static_assert(Br == kWR * (kThreads / 32), "kMT 16-row mma tiles per warp");
 
   extern __shared__ __align__(16) unsigned char smem[];
   T* sQ = reinterpret_cast<T*>(smem);  // [Br][P]
@@ -436,28 +477,34 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const FwdParams
   cp_async_commit();
 
   const int offA = lane_off_a(lane, P), offB = lane_off_b(lane, P);
+  const int row_lo = q0 + warp * kWR;  // first query row of this warp; m-tile mt: row_lo + 16 mt
 
-  // Q A-fragments of this warp's 16 rows (pattern A on sQ). kD <= 64: loaded once and kept in
-  // registers (kD/4 of them); kD = 128: re-read from smem every key block (32 registers would push
-  // the kernel to ptxas' 255 limit; the smem re-read is 16 x 128 per warp, small next to K and V).
-  constexpr bool kQInRegs = kD <= 64;
-  const uint32_t qbase = smem_addr(sQ) + static_cast<uint32_t>((offA + warp * 16 * P) * kE);
-  uint32_t qf[kQInRegs ? kKS : 1][4];
+  // Q A-fragments of this warp's kWR rows (pattern A on sQ; m-tile mt at +16 mt rows). Kept in
+  // registers (kMT * kD/4 of them) when FwdCfg says so, else re-read from smem every key block
+  // (kD = 128: 32 or 64 more registers would push the kernel past ptxas' 255 limit; the smem re-read
+  // is kWR x kD per warp per key block, small next to the K and V tiles).
+  const uint32_t qbase = smem_addr(sQ) + static_cast<uint32_t>((offA + warp * kWR * P) * kE);
+  uint32_t qf[kQInRegs ? kMT : 1][kQInRegs ? kKS : 1][4];
   if constexpr (kQInRegs) {
     cp_async_wait<1>();  // Q landed (K0/V0 may still be in flight)
     __syncthreads();
 #pragma unroll
-    for (int kk = 0; kk < kKS; ++kk) ldmatrix_x4(qf[kk], qbase + kk * 16 * kE);
+    for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+      for (int kk = 0; kk < kKS; ++kk) ldmatrix_x4(qf[mt][kk], qbase + (mt * 16 * P + kk * 16) * kE);
   }
 
-  float o[kNO][4];
+  float o[kMT][kNO][4];
 #pragma unroll
-  for (int j = 0; j < kNO; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
-  // running max (base-2 units) and this lane's partial row sum, for rows g (index 0), g+8 (1)
-  float row_m[2] = {neg_inf(), neg_inf()};
-  float row_l[2] = {0.f, 0.f};
+  for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+    for (int j = 0; j < kNO; ++j) o[mt][j][0] = o[mt][j][1] = o[mt][j][2] = o[mt][j][3] = 0.f;
+  // running max (base-2 units) and this lane's partial row sum, for rows g (index 0), g+8 (1) of
+  // each m-tile
+  float row_m[kMT][2], row_l[kMT][2];
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) row_m[mt][0] = row_m[mt][1] = neg_inf(), row_l[mt][0] = row_l[mt][1] = 0.f;
   const float c = p.scale_log2;
-  const int row_lo = q0 + warp * 16;  // first query row of this warp
 
   for (int kb = 0; kb < nkb; ++kb) {
     const int buf = kb & 1;
@@ -470,113 +517,147 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const FwdParams
     cp_async_wait<1>();  // block kb landed
     __syncthreads();
 
-    // ---- S = Q K^T (16 x Bc per warp) ----
-    float s[kNS][4];
-#pragma unroll
-    for (int j = 0; j < kNS; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
-    {
-      const uint32_t kbase = smem_addr(sK + buf * Bc * P) + static_cast<uint32_t>(offB * kE);
-#pragma unroll
-      for (int kk = 0; kk < kKS; ++kk) {
-        uint32_t qa[4];  // A: rows 16w..16w+15 x d 16kk..16kk+15 of Q
-        if constexpr (kQInRegs) {
-          qa[0] = qf[kk][0], qa[1] = qf[kk][1], qa[2] = qf[kk][2], qa[3] = qf[kk][3];
-        } else {
-          ldmatrix_x4(qa, qbase + kk * 16 * kE);
-        }
-#pragma unroll
-        for (int jn = 0; jn < Bc / 16; ++jn) {
-          // keys 16jn..16jn+15 x d 16kk..16kk+15 of K [key][d] = B operands of n-tiles 2jn, 2jn+1
-          uint32_t kf[4];
-          ldmatrix_x4(kf, kbase + (jn * 16 * P + kk * 16) * kE);
-          Elem<T>::mma(s[2 * jn], qa, kf[0], kf[1]);
-          Elem<T>::mma(s[2 * jn + 1], qa, kf[2], kf[3]);
-        }
-      }
-    }
-
-    // ---- mask: key tail (k >= Tk) and, causal, keys right of the diagonal ----
     const int k0 = kb * Bc;
-    if (k0 + Bc > p.Tk || (p.causal && k0 + Bc - 1 > row_lo)) {
+    // Causal: a block whose first key is right of this warp's LAST row is masked for every row of
+    // the warp: its P would be all 0 and alpha 1 (the row max is unchanged), so skipping it leaves
+    // o, m, l bit-identical. Only happens when Br > Bc or Br > 16 * warps (the 128-row configs:
+    // warp 0 of a diagonal CTA sees one key block of the CTA's two or four). Warp-uniform branch:
+    // no lane diverges at the warp collectives inside; the __syncthreads below is outside it.
+    if (!(p.causal && k0 > row_lo + kWR - 1)) {
+      // ---- S = Q K^T (kWR x Bc per warp) ----
+      float s[kMT][kNS][4];
 #pragma unroll
-      for (int j = 0; j < kNS; ++j) {
+      for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int key = k0 + j * 8 + 2 * t4 + (e & 1);
-          const int row = row_lo + g + ((e >> 1) << 3);
-          if (key >= p.Tk || (p.causal && key > row)) s[j][e] = neg_inf();
+        for (int j = 0; j < kNS; ++j) s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.f;
+      {
+        const uint32_t kbase = smem_addr(sK + buf * Bc * P) + static_cast<uint32_t>(offB * kE);
+#pragma unroll
+        for (int kk = 0; kk < kKS; ++kk) {
+          uint32_t qa[kMT][4];  // A (smem path): m-tile mt's 16 rows x d 16kk..16kk+15 of Q
+          if constexpr (!kQInRegs) {
+#pragma unroll
+            for (int mt = 0; mt < kMT; ++mt) ldmatrix_x4(qa[mt], qbase + (mt * 16 * P + kk * 16) * kE);
+          }
+#pragma unroll
+          for (int jn = 0; jn < Bc / 16; ++jn) {
+            // keys 16jn..16jn+15 x d 16kk..16kk+15 of K [key][d] = B operands of n-tiles 2jn, 2jn+1,
+            // shared by all kMT m-tiles: one ldmatrix feeds 2 kMT mmas
+            uint32_t kf[4];
+            ldmatrix_x4(kf, kbase + (jn * 16 * P + kk * 16) * kE);
+#pragma unroll
+            for (int mt = 0; mt < kMT; ++mt) {
+              if constexpr (kQInRegs) {
+                Elem<T>::mma(s[mt][2 * jn], qf[mt][kk], kf[0], kf[1]);
+                Elem<T>::mma(s[mt][2 * jn + 1], qf[mt][kk], kf[2], kf[3]);
+              } else {
+                Elem<T>::mma(s[mt][2 * jn], qa[mt], kf[0], kf[1]);
+                Elem<T>::mma(s[mt][2 * jn + 1], qa[mt], kf[2], kf[3]);
+              }
+            }
+          }
         }
       }
-    }
 
-    // ---- online softmax: rows g (r = 0: c0,c1) and g+8 (r = 1: c2,c3) ----
+      // ---- mask: key tail (k >= Tk) and, causal, keys right of the diagonal ----
+      if (k0 + Bc > p.Tk || (p.causal && k0 + Bc - 1 > row_lo)) {
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float mx = neg_inf();
+        for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
-      for (int j = 0; j < kNS; ++j) mx = fmaxf(mx, fmaxf(s[j][2 * r], s[j][2 * r + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));  // the quad holds the whole row
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_new = fmaxf(row_m[r], mx * c);  // c > 0: max(c s) = c max(s)
-      // all keys masked so far: m_new = -inf; exponentiate against 0 (p = exp2(-inf) = 0)
-      const float m_use = m_new == neg_inf() ? 0.f : m_new;
-      const float alpha = fast_exp2(row_m[r] - m_use);  // row_m = -inf -> 0 (O and l are 0 anyway)
-      row_m[r] = m_new;
-      float sum = 0.f;
+          for (int j = 0; j < kNS; ++j) {
 #pragma unroll
-      for (int j = 0; j < kNS; ++j) {
-        const float p0 = fast_exp2(fmaf(s[j][2 * r], c, -m_use));
-        const float p1 = fast_exp2(fmaf(s[j][2 * r + 1], c, -m_use));
-        s[j][2 * r] = p0;
-        s[j][2 * r + 1] = p1;
-        sum += p0 + p1;
+            for (int e = 0; e < 4; ++e) {
+              const int key = k0 + j * 8 + 2 * t4 + (e & 1);
+              const int row = row_lo + mt * 16 + g + ((e >> 1) << 3);
+              if (key >= p.Tk || (p.causal && key > row)) s[mt][j][e] = neg_inf();
+            }
+          }
       }
-      row_l[r] = row_l[r] * alpha + sum;  // lane-partial; the quad's sum is taken at the end
-#pragma unroll
-      for (int j = 0; j < kNO; ++j) {
-        o[j][2 * r] *= alpha;
-        o[j][2 * r + 1] *= alpha;
-      }
-    }
 
-    // ---- O += P V: P from the S accumulators (C layout) into A fragments, k = keys ----
-    {
-      const uint32_t vbase = smem_addr(sV + buf * Bc * P) + static_cast<uint32_t>(offA * kE);
+      // ---- online softmax: per m-tile, rows g (r = 0: c0,c1) and g+8 (r = 1: c2,c3) ----
 #pragma unroll
-      for (int kk = 0; kk < Bc / 16; ++kk) {
-        uint32_t pf[4];
-        pf[0] = Elem<T>::pack(s[2 * kk][0], s[2 * kk][1]);          // P[g][16kk+2t..]
-        pf[1] = Elem<T>::pack(s[2 * kk][2], s[2 * kk][3]);          // P[g+8][16kk+2t..]
-        pf[2] = Elem<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);  // P[g][16kk+8+2t..]
-        pf[3] = Elem<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);  // P[g+8][16kk+8+2t..]
+      for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
-        for (int dn = 0; dn < kD / 16; ++dn) {
-          // keys 16kk..+15 x d 16dn..+15 of V [key][d], transposed: B of n-tiles 2dn, 2dn+1
-          uint32_t vf[4];
-          ldmatrix_x4_trans(vf, vbase + (kk * 16 * P + dn * 16) * kE);
-          Elem<T>::mma(o[2 * dn], pf, vf[0], vf[1]);
-          Elem<T>::mma(o[2 * dn + 1], pf, vf[2], vf[3]);
+        for (int r = 0; r < 2; ++r) {
+          float mx = neg_inf();
+#pragma unroll
+          for (int j = 0; j < kNS; ++j) mx = fmaxf(mx, fmaxf(s[mt][j][2 * r], s[mt][j][2 * r + 1]));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));  // the quad holds the whole row
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+          const float m_new = fmaxf(row_m[mt][r], mx * c);  // c > 0: max(c s) = c max(s)
+          // all keys masked so far: m_new = -inf; exponentiate against 0 (p = exp2(-inf) = 0)
+          const float m_use = m_new == neg_inf() ? 0.f : m_new;
+          const float alpha = fast_exp2(row_m[mt][r] - m_use);  // row_m = -inf -> 0 (O, l are 0 anyway)
+          row_m[mt][r] = m_new;
+          float sum = 0.f;
+#pragma unroll
+          for (int j = 0; j < kNS; ++j) {
+            const float p0 = fast_exp2(fmaf(s[mt][j][2 * r], c, -m_use));
+            const float p1 = fast_exp2(fmaf(s[mt][j][2 * r + 1], c, -m_use));
+            s[mt][j][2 * r] = p0;
+            s[mt][j][2 * r + 1] = p1;
+            sum += p0 + p1;
+          }
+          row_l[mt][r] = row_l[mt][r] * alpha + sum;  // lane-partial; the quad's sum is taken at the end
+#pragma unroll
+          for (int j = 0; j < kNO; ++j) {
+            o[mt][j][2 * r] *= alpha;
+            o[mt][j][2 * r + 1] *= alpha;
+          }
+        }
+      }
+
+      // ---- O += P V: P from the S accumulators (C layout) into A fragments, k = keys ----
+      {
+        const uint32_t vbase = smem_addr(sV + buf * Bc * P) + static_cast<uint32_t>(offA * kE);
+#pragma unroll
+        for (int kk = 0; kk < Bc / 16; ++kk) {
+          uint32_t pf[kMT][4];
+#pragma unroll
+          for (int mt = 0; mt < kMT; ++mt) {
+            pf[mt][0] = Elem<T>::pack(s[mt][2 * kk][0], s[mt][2 * kk][1]);          // P[g][16kk+2t..]
+            pf[mt][1] = Elem<T>::pack(s[mt][2 * kk][2], s[mt][2 * kk][3]);          // P[g+8][16kk+2t..]
+            pf[mt][2] = Elem<T>::pack(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);  // P[g][16kk+8+2t..]
+            pf[mt][3] = Elem<T>::pack(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);  // P[g+8][16kk+8+2t..]
+          }
+#pragma unroll
+          for (int dn = 0; dn < kD / 16; ++dn) {
+            // keys 16kk..+15 x d 16dn..+15 of V [key][d], transposed: B of n-tiles 2dn, 2dn+1,
+            // shared by the kMT m-tiles
+            uint32_t vf[4];
+            ldmatrix_x4_trans(vf, vbase + (kk * 16 * P + dn * 16) * kE);
+#pragma unroll
+            for (int mt = 0; mt < kMT; ++mt) {
+              Elem<T>::mma(o[mt][2 * dn], pf[mt], vf[0], vf[1]);
+              Elem<T>::mma(o[mt][2 * dn + 1], pf[mt], vf[2], vf[3]);
+            }
+          }
         }
       }
     }
     __syncthreads();  // everyone is done with buffer `buf` before iteration kb+1 refills it
   }
 
-  // ---- epilogue: out = O / l, lse = (m + log2 l) ln 2 ----
-  float inv[2];
+  // ---- epilogue: out = O / l, lse = (m + log2 l) ln 2; m-tile by m-tile ----
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float l = row_l[r];
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
-    inv[r] = l > 0.f ? 1.f / l : 0.f;
-    const int row = row_lo + g + 8 * r;
-    if (t4 == 0 && row < p.Tq) {
-      p.lse[static_cast<int64_t>(bh) * p.Tq + row] = l > 0.f ? (row_m[r] + log2f(l)) * kLn2 : neg_inf();
+  for (int mt = 0; mt < kMT; ++mt) {
+    const int mrow = row_lo + mt * 16;
+    float inv[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float l = row_l[mt][r];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      inv[r] = l > 0.f ? 1.f / l : 0.f;
+      const int row = mrow + g + 8 * r;
+      if (t4 == 0 && row < p.Tq) {
+        p.lse[static_cast<int64_t>(bh) * p.Tq + row] = l > 0.f ? (row_m[mt][r] + log2f(l)) * kLn2 : neg_inf();
+      }
     }
+    // staged through the m-tile's own (no longer read) Q smem rows
+    T* gO = static_cast<T*>(p.out) + (static_cast<int64_t>(bh) * p.Tq + mrow) * kD;
+    store_warp_rows<T, kD>(o[mt], inv[0], inv[1], sQ + (warp * kWR + mt * 16) * P, gO, p.Tq - mrow, lane);
   }
-  T* gO = static_cast<T*>(p.out) + (static_cast<int64_t>(bh) * p.Tq + row_lo) * kD;
-  store_warp_rows<T, kD>(o, inv[0], inv[1], sQ + warp * 16 * P, gO, p.Tq - row_lo, lane);
 }
 
 // ================================================================================================
@@ -957,23 +1038,42 @@ inline cudaError_t set_smem(Kernel kernel, int bytes) {
 }
 
 // CTAs of each kernel (the launcher checks they fit the 2^31 - 1 grid limit before launching).
-template <int kD>
-inline int64_t fwd_ctas(int64_t BH, int64_t Tq) { return BH * ceil_div(Tq, Cfg<kD>::kFwdBr); }
+template <int kBr = 64>
+inline int64_t fwd_ctas(int64_t BH, int64_t Tq) { return BH * ceil_div(Tq, kBr); }
 template <int kD>
 inline int64_t dkdv_ctas(int64_t BH, int64_t Tk) { return BH * ceil_div(Tk, Cfg<kD>::kDkvBc); }
 template <int kD>
 inline int64_t dq_ctas(int64_t BH, int64_t Tq) { return BH * ceil_div(Tq, Cfg<kD>::kDqBr); }
 inline int64_t delta_ctas(int64_t rows) { return ceil_div(rows, kThreads / 32); }
 
-template <typename T, int kD>
+// kBr: the forward version (64 or 128 query rows per CTA; 128 only at kD = 64, 128).
+template <typename T, int kD, int kBr = 64>
 inline cudaError_t launch_attention_fwd(const FwdParams& p, cudaStream_t stream) {
   if (p.BH <= 0 || p.Tq <= 0 || p.Tk <= 0) return cudaSuccess;
-  constexpr int smem = fwd_smem_bytes<T, kD>();
-  const cudaError_t e = set_smem(attention_fwd_kernel<T, kD>, smem);
+  constexpr int smem = fwd_smem_bytes<T, kD, kBr>();
+  const cudaError_t e = set_smem(attention_fwd_kernel<T, kD, kBr>, smem);
   if (e != cudaSuccess) return e;
-  const auto grid = static_cast<unsigned>(fwd_ctas<kD>(p.BH, p.Tq));
-  PYGPT_LAUNCH(grid, kThreads, smem, stream, attention_fwd_kernel<T, kD>)(p);
+  const auto grid = static_cast<unsigned>(fwd_ctas<kBr>(p.BH, p.Tq));
+  PYGPT_LAUNCH(grid, kThreads, smem, stream, attention_fwd_kernel<T, kD, kBr>)(p);
   return cudaSuccess;
+}
+
+// The forward version for PYGPT_ATTN_FWD_ROWS = `env` (nullptr: unset) at kernel head dim kD: the
+// launcher calls this on every forward (and turns the two error codes into TORCH_CHECK errors).
+//   unset, "" or "auto"  128 at kD in {64, 128}, 64 at kD = 32
+//   "64"                 64
+//   "128"                128 at kD in {64, 128}; kFwdRowsUnsupported at kD = 32
+//   anything else        kFwdRowsBadValue
+// (kD is the kernel's head dim: D itself or D zero-padded up to it, so "128" is valid for any
+// 32 < D <= 128.)
+constexpr int kFwdRowsBadValue = -1;
+constexpr int kFwdRowsUnsupported = -2;
+inline int choose_fwd_rows(const char* env, int kD) {
+  const bool has128 = kD == 64 || kD == 128;
+  if (env == nullptr || std::strcmp(env, "") == 0 || std::strcmp(env, "auto") == 0) return has128 ? 128 : 64;
+  if (std::strcmp(env, "64") == 0) return 64;
+  if (std::strcmp(env, "128") == 0) return has128 ? 128 : kFwdRowsUnsupported;
+  return kFwdRowsBadValue;
 }
 
 template <typename T>
@@ -1015,6 +1115,14 @@ inline cudaError_t launch_attention_bwd_dq(const BwdParams& p, cudaStream_t stre
   X(__half, 128)                            \
   X(__nv_bfloat16, 32)                      \
   X(__nv_bfloat16, 64)                      \
+  X(__nv_bfloat16, 128)
+
+// The (T, kD) of the 128-row forward version (attention_fwd_kernel<T, kD, 128>), which the launcher
+// selects by PYGPT_ATTN_FWD_ROWS (choose_fwd_rows below); also instantiated by the build check.
+#define PYGPT_ATTENTION_FOR_EACH_FWD128_VARIANT(X) \
+  X(__half, 64)                                    \
+  X(__half, 128)                                   \
+  X(__nv_bfloat16, 64)                             \
   X(__nv_bfloat16, 128)
 
 }  // namespace attn

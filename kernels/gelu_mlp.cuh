@@ -37,30 +37,68 @@
 //                   rounded dpre over its 128 rows -> colsum[tile_m][j] (fp32),
 //                   no atomics: the launcher sums the [tiles_m, N] partials in
 //                   a fixed order (deterministic db_fc).
-//    Variants launched (PYGPT_GELU_MLP_GEMM_VARIANTS below; x2 dtypes = 10):
+//      kEpiPartial  split-K slice blockIdx.y of S: the fp32 accumulators of K tiles
+//                   [splitk_kt_begin(y), splitk_kt_begin(y+1)) stored unrounded to
+//                   partial[y][i][j] (ld N); kernel 2 sums the slices. See "Split-K".
+//    Variants launched (PYGPT_GELU_MLP_GEMM_VARIANTS below; x2 dtypes = 12):
 //      <K,K,GeluAux>  pre/act = x . w_fc^T + b_fc         (fwd up-projection)
 //      <K,K,Store>    out = act . w_proj^T + b_proj        (fwd down-projection)
 //      <K,N,DGelu>    dpre, act = (dout . w_proj) * gelu'  (bwd, + db_fc partials)
 //      <K,N,Store>    dx = dpre . w_fc                     (bwd)
-//      <M,N,Store>    dW_proj = dout^T . act, dW_fc = dpre^T . x  (bwd; K = tokens)
+//      <M,N,Store>    dW_proj = dout^T . act, dW_fc = dpre^T . x  (bwd; K = tokens),
+//                     when the launcher picks S = 1 split-K slice
+//      <M,N,Partial>  the same weight gradients' fp32 slices when S > 1
 //    Bias gradients: db_fc = at::sum over the fp32 [ceil(M/128), Hd] partials of
 //    <K,N,DGelu> (fixed order, no atomics); db_proj = at::sum(dout, 0, fp32).
 //    All five GEMMs of a direction run here on the "mma" path; the launcher's
 //    cuBLASLt path and at::mm path are described in csrc/cuda/gelu_mlp_cuda.cu.
-// 2. mlp_bias_gelu_kernel<Tin, Tpre, Tact>: elementwise pre = round_Tpre(in +
+// 2. mlp_splitk_reduce_kernel<T>: C = round_T(((ws[0] + ws[1]) + ws[2]) + ... +
+//    bias) over the S fp32 slices of <M,N,Partial>, always in slice order, so the
+//    bits depend on S only, never on which CTA finished first (no float atomics).
+//    Launched by launch_mlp_gemm_splitk right after the partial GEMM, same stream.
+// 3. mlp_bias_gelu_kernel<Tin, Tpre, Tact>: elementwise pre = round_Tpre(in +
 //    bias), act = gelu(pre). For float32/float64 inputs (whose GEMMs are
 //    at::mm, i.e. cuBLAS), for fp16/bf16 shapes the mma kernel cannot take
 //    (computed in fp32 like the CPU backend), and (Tin = Tpre = Tact = T, no
 //    bias, pre = nullptr) to recompute act from pre in the cuBLASLt backward.
-// 3. mlp_dgelu_kernel<Tpre, Acc>: elementwise dpre = dact * gelu'(pre) in
+// 4. mlp_dgelu_kernel<Tpre, Acc>: elementwise dpre = dact * gelu'(pre) in
 //    place, act = gelu(pre): the backward of the at::mm path.
 //
+// Split-K (the weight-gradient GEMMs, launch_mlp_gemm_splitk)
+// -----------------------------------------------------------
+//   dW_fc = dpre^T . x and dW_proj = dout^T . act reduce over K = M tokens (8k-32k)
+//   but have few output tiles: C = 768, Hd = 3072 is 6 x 24 = 144 CTAs for the
+//   132 x 2 = 264 CTA slots of an H100, so 45% of the GPU idles for the whole,
+//   long K loop. Split-K cuts the K tiles into S contiguous slices (slice s:
+//   tiles [floor(s*KT/S), floor((s+1)*KT/S)), KT = ceil(K/32); only the last
+//   slice holds the K tail; a slice may be empty when KT < S and then stores
+//   zeros), runs a (tiles, S) grid of <M,N,Partial> CTAs writing fp32 partial
+//   tiles to an [S, m, n] workspace (GEMM m x n = C x Hd or Hd x C), and kernel 2
+//   sums them in slice order, adds the bias (if any) and rounds to the 16-bit
+//   type, like kEpiStore. Deterministic: the same S gives the
+//   same bits run to run; a different S rounds differently (fp32 sums in
+//   another grouping), S = 1 is exactly the unsplit <M,N,Store> kernel.
+//   Choice of S (splitk_slices_auto, pure; called by the launcher with slots =
+//   SMs x resident CTAs per SM from the occupancy API):
+//     tiles >= slots (a full wave already) or KT < 2 * 8:  S = 1;
+//     else S in 1 .. min(4, KT / 8) minimising the wave-quantised time
+//     ceil(S * tiles / slots) / S (in units of one unsplit CTA), smallest S on
+//     ties, S = 1 unless strictly better. 8 K tiles (256 rows) at least per slice
+//     keeps the 4-stage pipeline's prologue/epilogue small; S <= 4 bounds the
+//     workspace (4 x m x n fp32) and its extra traffic (written once, read once
+//     by kernel 2: 8 bytes per element per slice, against 2 K flops per element
+//     of GEMM). 144 tiles, 264 slots, K >= 768: S = 3 (432 CTAs, 2 waves of a
+//     third of the work each = 0.67 of the unsplit time, before the reduction).
+//     The constants are an untuned first cut (chosen without a GPU to measure).
+//   Forcing: the launcher's env PYGPT_GEMM_SPLITK = integer >= 1 sets S (clamped
+//   to kMaxSplitK = 64), for tests and tuning.
 // GEMM tiling
 // -----------
 //   CTA tile 128 (M) x 128 (N) x 32 (K), 256 threads = 8 warps as 2 (M) x 4 (N),
 //   warp tile 64 x 32 = 4 m16 x 4 n8 mma tiles = 64 fp32 accumulators/thread.
 //   Grid: 1-D, ceil(M/128)*ceil(N/128) CTAs in GROUP_M = 8 super-rows (Triton's
-//   L2-friendly order). __launch_bounds__(256, 2): two CTAs per SM.
+//   L2-friendly order); kEpiPartial adds gridDim.y = S slices (each slice's CTAs
+//   walk the same tile order). __launch_bounds__(256, 2): two CTAs per SM.
 // Pipeline
 // --------
 //   4 stages of (A tile 8 KiB + B tile 8 KiB) = 64 KiB dynamic shared memory
@@ -126,7 +164,9 @@
 //          keeps e finite so e*s never is inf*0) -- csrc/cpu/gelu_mlp.cpp's form.
 //   none:  Phi(x) = 0.5 erfc(-x/sqrt2); gelu = x Phi; gelu' = Phi + x phi(x).
 //   expf / erfcf are the accurate CUDA math functions (no fast-math).
-// Not done: split-K for the weight-gradient GEMMs (K = tokens, small M x N),
+// Not done: split-K with the reduction fused into the GEMM (last CTA of a tile
+//   sums the slices, ordered by an integer semaphore: saves a launch and one
+//   workspace read), split-K for the other GEMMs (they have M/128 tiles: enough),
 //   wgmma/TMA on sm_90 (mma.sync runs on Hopper at a fraction of its peak; the
 //   launcher's auto mode then picks cuBLASLt), smem-staged coalesced epilogue
 //   stores (each warp writes 16-byte row pieces).
@@ -176,7 +216,12 @@ static_assert(kBM * kBK / 8 == 2 * kThreads && kBN * kBK / 8 == 2 * kThreads,
 static_assert(kBK == 32 && kBM == 128 && kBN == 128, "the swizzles below assume 32 x 128 tiles");
 static_assert(kWarpsM * kBN * 4 <= kSmemBytes, "column-sum scratch fits in the stage buffers");
 
-enum : int { kEpiStore = 0, kEpiGeluAux = 1, kEpiDGelu = 2 };
+enum : int { kEpiStore = 0, kEpiGeluAux = 1, kEpiDGelu = 2, kEpiPartial = 3 };
+
+// Split-K (kEpiPartial; see "Split-K" in the header comment).
+constexpr int kMaxSplitK = 64;       // slices at most (a forced PYGPT_GEMM_SPLITK is clamped to it)
+constexpr int kMaxAutoSplitK = 4;    // slices at most when the launcher chooses
+constexpr int kMinSplitKTiles = 8;   // auto: every slice gets >= 8 K tiles (256 rows of K)
 
 struct MlpGemmParams {
   const void* a;      // T, layout by kAKMajor
@@ -186,10 +231,19 @@ struct MlpGemmParams {
   void* aux;          // T, ld_aux: pre OUT (kEpiGeluAux) / pre IN (kEpiDGelu)
   void* act;          // T, ld_act: act OUT (kEpiDGelu)
   float* colsum;      // fp32 [ceil(M/128), N] partial column sums of C (kEpiDGelu) or nullptr
+  float* partial;     // fp32 [splits, M, N] split-K workspace (kEpiPartial; c, ldc unused)
   int64_t lda, ldb, ldc, ld_aux, ld_act;
   int m, n, k;
   int gelu_tanh;      // 1: tanh approximation, 0: exact erf form
+  int splits;         // kEpiPartial: number of K slices (= gridDim.y)
 };
+
+// First K tile (of kBK) of slice s of S over ktiles tiles: floor(s * ktiles / S). Slice s covers
+// tiles [begin(s), begin(s + 1)): sizes differ by at most one tile, only the last slice can hold the
+// K tail (a partial tile), and a slice may be empty (ktiles < S) -- it then stores zeros.
+__host__ __device__ __forceinline__ int splitk_kt_begin(int s, int splits, int ktiles) {
+  return static_cast<int>(static_cast<int64_t>(s) * ktiles / splits);
+}
 
 // ---------------------------------------------------------------------------
 // Numeric helpers (no implicit half conversions: torch builds with
@@ -410,6 +464,15 @@ __global__ void __launch_bounds__(kThreads, 2) mlp_gemm_kernel(const MlpGemmPara
   const int m0 = pid_m * kBM;
   const int n0 = pid_n * kBN;
 
+  // ---- which K tiles: all of them, or (kEpiPartial) slice blockIdx.y's ----
+  int kt0 = 0;
+  int ktiles = (p.k + kBK - 1) / kBK;
+  if constexpr (kEpi == kEpiPartial) {
+    const int slice = static_cast<int>(blockIdx.y);
+    kt0 = splitk_kt_begin(slice, p.splits, ktiles);
+    ktiles = splitk_kt_begin(slice + 1, p.splits, ktiles) - kt0;
+  }
+
   // ---- global -> shared copy of one K tile into one stage ----
   auto load_stage = [&](int stage, int kt) {
     T* const sA = smem + stage * kStageElems;
@@ -455,12 +518,10 @@ __global__ void __launch_bounds__(kThreads, 2) mlp_gemm_kernel(const MlpGemmPara
 #pragma unroll
       for (int r = 0; r < 4; ++r) acc[mi][ni][r] = 0.0f;
 
-  const int ktiles = (p.k + kBK - 1) / kBK;
-
   // ---- prologue: tiles 0 .. kStages-2, one commit group each (possibly empty) ----
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
-    if (s < ktiles) load_stage(s, s);
+    if (s < ktiles) load_stage(s, kt0 + s);
     cp_async_commit();
   }
 
@@ -476,7 +537,7 @@ __global__ void __launch_bounds__(kThreads, 2) mlp_gemm_kernel(const MlpGemmPara
     __syncthreads();               // everyone's copies visible; stage (kt-1)%S free
     {
       const int next = kt + kStages - 1;
-      if (next < ktiles) load_stage(next % kStages, next);
+      if (next < ktiles) load_stage(next % kStages, kt0 + next);
       cp_async_commit();
     }
     const T* const sA = smem + (kt % kStages) * kStageElems;
@@ -574,6 +635,25 @@ __global__ void __launch_bounds__(kThreads, 2) mlp_gemm_kernel(const MlpGemmPara
         }
       }
     }
+  } else if constexpr (kEpi == kEpiPartial) {
+    // fp32 partial tile of slice blockIdx.y -> partial[slice][row][col] (ld N), no rounding, no bias:
+    // mlp_splitk_reduce_kernel sums the slices in order and applies bias / rounding.
+    float* const ws = p.partial + static_cast<int64_t>(blockIdx.y) * p.m * p.n;
+#pragma unroll
+    for (int mi = 0; mi < kMTiles; ++mi) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int row = row0 + mi * 16 + h * 8;
+        if (row >= p.m) continue;
+#pragma unroll
+        for (int ni = 0; ni < kNTiles; ++ni) {
+          const int col = col0 + ni * 8;
+          if (col >= p.n) continue;
+          *reinterpret_cast<float2*>(ws + static_cast<int64_t>(row) * p.n + col) =
+              make_float2(acc[mi][ni][2 * h], acc[mi][ni][2 * h + 1]);
+        }
+      }
+    }
   } else {
     static_assert(kEpi == kEpiDGelu, "unknown epilogue");
     const T* const pre = static_cast<const T*>(p.aux);
@@ -639,6 +719,48 @@ __global__ void __launch_bounds__(kThreads, 2) mlp_gemm_kernel(const MlpGemmPara
     }
   }
 #endif
+}
+
+// ---------------------------------------------------------------------------
+// Split-K reduction: c[i][j] = round_T((((ws[0][i][j] + ws[1][i][j]) + ws[2][i][j]) + ...) + bias[j])
+// -- always this order, whatever order the slices' CTAs ran in: deterministic. Four consecutive
+// columns per thread (N % 8 == 0: float4 loads of ws, 16-byte aligned when ws is; two 4-byte pair
+// stores into c).
+// ---------------------------------------------------------------------------
+template <typename T>
+__global__ void __launch_bounds__(256) mlp_splitk_reduce_kernel(const float* __restrict__ ws, int splits,
+                                                                int64_t m, int64_t n, const T* bias,
+                                                                T* __restrict__ c, int64_t ldc) {
+  using P2 = typename Num<T>::pair;
+  const int64_t slice = m * n;
+  // Rows over blockIdx.y, 4-column groups over x (no 64-bit division: it would be a called routine).
+  for (int64_t row = blockIdx.y; row < m; row += gridDim.y) {
+    for (int64_t col = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * 4; col < n;
+         col += static_cast<int64_t>(gridDim.x) * blockDim.x * 4) {
+      const int64_t off = row * n + col;
+      const float* wp = ws + off;
+      float4 s = *reinterpret_cast<const float4*>(wp);
+      for (int z = 1; z < splits; ++z) {
+        wp += slice;
+        const float4 v = *reinterpret_cast<const float4*>(wp);
+        s.x += v.x;
+        s.y += v.y;
+        s.z += v.z;
+        s.w += v.w;
+      }
+      if (bias != nullptr) {
+        const float2 b0 = Num<T>::unpack(*reinterpret_cast<const P2*>(bias + col));
+        const float2 b1 = Num<T>::unpack(*reinterpret_cast<const P2*>(bias + col + 2));
+        s.x += b0.x;
+        s.y += b0.y;
+        s.z += b1.x;
+        s.w += b1.y;
+      }
+      T* const dst = c + row * ldc + col;
+      reinterpret_cast<P2*>(dst)[0] = Num<T>::pack(s.x, s.y);
+      reinterpret_cast<P2*>(dst)[1] = Num<T>::pack(s.z, s.w);
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -718,6 +840,69 @@ inline dim3 elementwise_grid(int64_t rows, int64_t cols) {
   return dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy), 1);
 }
 
+// ---- split-K for the weight-gradient GEMMs (<M,N,Store>: K = tokens, few output tiles) ----
+// The automatic number of K slices (pure; the rule of "Split-K" in the header comment). slots = CTAs
+// the GPU runs at once (SMs x resident CTAs per SM, the launcher asks the occupancy API).
+inline int splitk_slices_auto(int64_t m, int64_t n, int64_t k, int64_t slots) {
+  if (m <= 0 || n <= 0 || k <= 0 || slots <= 0) return 1;
+  const int64_t tiles = ((m + kBM - 1) / kBM) * ((n + kBN - 1) / kBN);
+  if (tiles >= slots) return 1;  // one full wave (or more) already: no split
+  const int64_t ktiles = (k + kBK - 1) / kBK;
+  int64_t smax = ktiles / kMinSplitKTiles;
+  if (smax > kMaxAutoSplitK) smax = kMaxAutoSplitK;
+  int best = 1;
+  double best_cost = 1.0;  // S = 1: one (partial) wave of full-K CTAs
+  for (int64_t s = 2; s <= smax; ++s) {
+    // waves of CTAs, each doing 1/S of the unsplit CTA's work
+    const double cost = static_cast<double>((s * tiles + slots - 1) / slots) / static_cast<double>(s);
+    if (cost < best_cost) {  // strictly better: ties keep the smaller S (less workspace traffic)
+      best_cost = cost;
+      best = static_cast<int>(s);
+    }
+  }
+  return best;
+}
+
+// fp32 elements of the workspace launch_mlp_gemm_splitk needs (0 for splits <= 1).
+inline int64_t splitk_workspace_floats(int64_t m, int64_t n, int splits) {
+  return splits > 1 ? static_cast<int64_t>(splits) * m * n : 0;
+}
+
+// C = A . B (+ bias) like launch_mlp_gemm<T, kAKMajor, kBKMajor, kEpiStore> (which it IS for
+// splits <= 1), for splits > 1 as two launches on `stream`: the <.., kEpiPartial> GEMM over a
+// (tiles, splits) grid writing fp32 partial tiles into workspace (splitk_workspace_floats(m, n,
+// splits) floats, 16-byte aligned, no initialisation needed: every element is written), then
+// mlp_splitk_reduce_kernel summing them in slice order into C. The partial launch's error is
+// returned (the reduction is not launched after a failed one); the reduction's is left to the
+// caller's cudaGetLastError, as for launch_mlp_gemm.
+template <typename T, bool kAKMajor, bool kBKMajor>
+inline cudaError_t launch_mlp_gemm_splitk(const MlpGemmParams& p, int splits, float* workspace,
+                                          cudaStream_t stream) {
+  if (splits <= 1) return launch_mlp_gemm<T, kAKMajor, kBKMajor, kEpiStore>(p, stream);
+  if (p.m <= 0 || p.n <= 0) return cudaSuccess;
+  if (!mma_operands_ok(p.m, p.n, p.k) || splits > kMaxSplitK || workspace == nullptr ||
+      reinterpret_cast<uintptr_t>(workspace) % 16 != 0) {
+    return cudaErrorInvalidValue;
+  }
+  auto* kernel = &mlp_gemm_kernel<T, kAKMajor, kBKMajor, kEpiPartial>;
+  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
+  if (e != cudaSuccess) return e;
+  MlpGemmParams q = p;
+  q.partial = workspace;
+  q.splits = splits;
+  const int64_t tiles =
+      static_cast<int64_t>((p.m + kBM - 1) / kBM) * static_cast<int64_t>((p.n + kBN - 1) / kBN);
+  PYGPT_LAUNCH(dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(splits), 1), kThreads, kSmemBytes,
+               stream, kernel)(q);
+  e = cudaPeekAtLastError();
+  if (e != cudaSuccess) return e;
+  PYGPT_LAUNCH(elementwise_grid(p.m, p.n / 4), 256, 0, stream, mlp_splitk_reduce_kernel<T>)(
+      workspace, splits, static_cast<int64_t>(p.m), static_cast<int64_t>(p.n), static_cast<const T*>(p.bias),
+      static_cast<T*>(p.c), p.ldc);
+  return cudaSuccess;
+}
+
+
 template <typename Tin, typename Tpre, typename Tact>
 inline void launch_bias_gelu(const Tin* in, const Tin* bias, Tpre* pre, Tact* act, int64_t rows, int64_t cols,
                              bool tanh_form, cudaStream_t stream) {
@@ -745,7 +930,13 @@ inline void launch_dgelu(Acc* d, const Tpre* pre, Acc* act, int64_t rows, int64_
   X(T, true, true, ::pygpt::mlp_kernels::kEpiStore)        \
   X(T, true, false, ::pygpt::mlp_kernels::kEpiDGelu)       \
   X(T, true, false, ::pygpt::mlp_kernels::kEpiStore)       \
-  X(T, false, false, ::pygpt::mlp_kernels::kEpiStore)
+  X(T, false, false, ::pygpt::mlp_kernels::kEpiStore)      \
+  X(T, false, false, ::pygpt::mlp_kernels::kEpiPartial)
+
+// mlp_splitk_reduce_kernel<T> (X(T)).
+#define PYGPT_GELU_MLP_SPLITK_REDUCE_VARIANTS(X) \
+  X(__half)                                      \
+  X(__nv_bfloat16)
 
 #define PYGPT_GELU_MLP_BIAS_GELU_VARIANTS(X) \
   X(float, __half, float)                    \

@@ -19,6 +19,18 @@
 //     sliced off);
 //   * empty problems launch nothing: B*H == 0 or Tq == 0 -> empty results (dk = dv = 0 when only
 //     Tq == 0); Tk == 0 -> out = 0 and lse = -inf like the CPU kernel, dq = 0;
+//   * the forward version (kernels/attention.cuh's header: 64 or 128 query rows per CTA), chosen
+//     on EVERY forward call from the environment variable PYGPT_ATTN_FWD_ROWS (attn::choose_fwd_rows):
+//       unset, "" or "auto"  128 rows when the kernel head dim kD is 64 or 128 (D in 33..128),
+//                            64 rows at kD = 32 (D <= 32)
+//       "64"                 the 64-row version at every head dim
+//       "128"                the 128-row version; at kD = 32 (D <= 32, for which it does not exist)
+//                            a TORCH_CHECK error naming D
+//       anything else        a TORCH_CHECK error naming the value
+//     (the 128-row kernels need 54 / 68 KiB of dynamic shared memory at kD = 64 / 128: the launch
+//     helper raises the kernel's limit with cudaFuncSetAttribute). The backward has one version;
+//     it reads only the forward's out and lse, which both versions compute identically up to
+//     rounding (bit-identically at kD = 64);
 //   * allocation (out, lse fp32, dq/dk/dv contiguous in the input dtype; delta fp32), the device
 //     guard, the current stream, and a check after every launch.
 #include "../checks.h"
@@ -33,6 +45,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
 #include <tuple>
 
@@ -94,6 +107,20 @@ void check_scale_fp32(const char* op, double scale) {
               " is outside the float32 range the CUDA attention kernel computes in");
 }
 
+// The forward version (64 or 128 query rows per CTA) from PYGPT_ATTN_FWD_ROWS, read on every call
+// (so a test or benchmark can switch versions between calls without reloading the extension).
+int fwd_rows_from_env(int64_t D, int64_t kD) {
+  const char* env = std::getenv("PYGPT_ATTN_FWD_ROWS");
+  const int rows = attn::choose_fwd_rows(env, static_cast<int>(kD));
+  TORCH_CHECK(rows != attn::kFwdRowsBadValue, kFwdOp, ": PYGPT_ATTN_FWD_ROWS='", env,
+              "' is not a valid forward version: use 'auto' (or leave it unset), '64' or '128'");
+  TORCH_CHECK(rows != attn::kFwdRowsUnsupported, kFwdOp,
+              ": PYGPT_ATTN_FWD_ROWS=128 is not available for head dim D=", D, " (kernel head dim ", kD,
+              "): the 128-row forward exists for kernel head dims 64 and 128 (32 < D <= 128); use '64' "
+              "or 'auto'");
+  return rows;
+}
+
 void check_grid(const char* op, const char* kernel, int64_t ctas) {
   TORCH_CHECK(ctas <= kMaxCtas, op, ": ", kernel, " would need ", ctas,
               " thread blocks, more than the CUDA grid limit of 2^31 - 1 (reduce B*H or T)");
@@ -149,10 +176,10 @@ constexpr at::ScalarType scalar_type_of<__nv_bfloat16>() {
 // tests/cuda_build/attention_instances.cu instantiates)
 // --------------------------------------------------------------------------------------------
 
-template <typename T, int kD>
+template <typename T, int kD, int kBr>
 void run_fwd(const attn::FwdParams& p, cudaStream_t stream) {
-  check_grid(kFwdOp, "the forward kernel", attn::fwd_ctas<kD>(p.BH, p.Tq));
-  const cudaError_t e = attn::launch_attention_fwd<T, kD>(p, stream);  // cudaFuncSetAttribute's
+  check_grid(kFwdOp, "the forward kernel", attn::fwd_ctas<kBr>(p.BH, p.Tq));
+  const cudaError_t e = attn::launch_attention_fwd<T, kD, kBr>(p, stream);  // cudaFuncSetAttribute's
   C10_CUDA_CHECK(e);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -169,16 +196,24 @@ void run_bwd(const attn::BwdParams& p, cudaStream_t stream) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-void dispatch_fwd(at::ScalarType dtype, int64_t kD, const attn::FwdParams& p, cudaStream_t stream) {
-#define PYGPT_ATTENTION_FWD_CASE(T, D)                 \
-  if (dtype == scalar_type_of<T>() && kD == (D)) {     \
-    run_fwd<T, D>(p, stream);                          \
-    return;                                            \
+// rows: the forward version, 64 or 128 (fwd_rows_from_env)
+void dispatch_fwd(at::ScalarType dtype, int64_t kD, int rows, const attn::FwdParams& p, cudaStream_t stream) {
+#define PYGPT_ATTENTION_FWD_CASE(T, D)                           \
+  if (rows == 64 && dtype == scalar_type_of<T>() && kD == (D)) { \
+    run_fwd<T, D, 64>(p, stream);                                \
+    return;                                                      \
   }
   PYGPT_ATTENTION_FOR_EACH_VARIANT(PYGPT_ATTENTION_FWD_CASE)
 #undef PYGPT_ATTENTION_FWD_CASE
+#define PYGPT_ATTENTION_FWD128_CASE(T, D)                         \
+  if (rows == 128 && dtype == scalar_type_of<T>() && kD == (D)) { \
+    run_fwd<T, D, 128>(p, stream);                                \
+    return;                                                       \
+  }
+  PYGPT_ATTENTION_FOR_EACH_FWD128_VARIANT(PYGPT_ATTENTION_FWD128_CASE)
+#undef PYGPT_ATTENTION_FWD128_CASE
   TORCH_CHECK(false, kFwdOp, ": internal error: no CUDA kernel for dtype ", checks::dtype_name(dtype),
-              ", head dim ", kD);
+              ", head dim ", kD, ", ", rows, " query rows per block");
 }
 
 void dispatch_bwd(at::ScalarType dtype, int64_t kD, const attn::BwdParams& p, cudaStream_t stream) {
@@ -218,6 +253,7 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_cuda(const at::Tensor& q, const
   const int64_t B = q.size(0), H = q.size(1), Tq = q.size(2), Tk = k.size(2), D = q.size(3);
   const int64_t kD = kernel_head_dim(kFwdOp, D);
   check_sizes(kFwdOp, B * H, Tq, Tk);
+  const int rows = fwd_rows_from_env(D, kD);  // before any early return: a bad value always errors
 
   const c10::cuda::CUDAGuard guard(q.device());
   at::Tensor out = at::empty({B, H, Tq, D}, q.options());
@@ -247,7 +283,7 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_cuda(const at::Tensor& q, const
   p.Tk = static_cast<int>(Tk);
   p.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
   p.causal = causal ? 1 : 0;
-  dispatch_fwd(q.scalar_type(), kD, p, c10::cuda::getCurrentCUDAStream().stream());
+  dispatch_fwd(q.scalar_type(), kD, rows, p, c10::cuda::getCurrentCUDAStream().stream());
 
   if (kD != D) out.copy_(out_k.narrow(3, 0, D));
   return {out, lse};

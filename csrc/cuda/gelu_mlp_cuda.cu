@@ -14,6 +14,10 @@
 //                                             [ceil(M/128), Hd], summed by at::sum
 //                                             in a fixed order: deterministic)
 //                      mlp_gemm<M,N,Store>    dW_proj = dout^T.act, dW_fc = dpre^T.x
+//                        or, split-K with S > 1 slices of K = M: mlp_gemm<M,N,Partial>
+//                        (fp32 slices into one [S, C, Hd] workspace from the caching
+//                        allocator, shared by both) + mlp_splitk_reduce_kernel (slices
+//                        summed in order: deterministic, same S -> same bits)
 //                      mlp_gemm<K,N,Store>    dx = dpre.w_fc
 //                      db_proj = at::sum(dout, 0, fp32)
 //   cublaslt (built with PYGPT_WITH_CUBLASLT, same shape rules, approximate ==
@@ -48,14 +52,32 @@
 // Which GEMM path: env PYGPT_GEMM, read on every call:
 //   "mma"      always the hand-written GEMM (where the shape allows it),
 //   "cublaslt" cuBLASLt where it can run (tanh, algorithm found), else mma,
-//   "auto" / unset: on the first call for a key (device, dtype, M, C, Hd,
-//              approximate, forward|backward) where both can run, both are timed
+//   "auto" / unset: on the first call for a key (device, dtype, bucket of M, C,
+//              Hd, approximate, forward|backward; see gemm_choice_key below)
+//              where both can run, both are timed
 //              with cudaEvents (1 warm-up + 3 reps each, synchronising the stream
 //              once) and the faster is cached in a mutex-protected map; the
 //              outputs of that call come from the winner. During CUDA graph
 //              capture (cudaStreamIsCapturing) nothing is timed or cached: an
 //              undecided key runs on cuBLASLt.
 //   any other value: a TORCH_CHECK error naming it.
+//   The auto cache key is gemm_choice_key(): (device, dtype, C, Hd, approximate,
+//   stage = forward|backward) -- C and Hd fix every GEMM's N and K -- plus
+//   gemm_m_bucket(M) instead of M itself: M <= 64 -> 64, else the next power of
+//   two >= M, clamped to 65536 (M > 32768 all share one bucket). So an eval or
+//   sampling loop whose row count changes every call (1, 2, 3, ... tokens)
+//   times both paths once per bucket (8 buckets for M up to 8192), not once per
+//   M; the winner measured at the bucket's first M is reused for M within 2x
+//   of it (the paths' relative speed changes slowly with M).
+// Split-K of the mma path's weight-gradient GEMMs (kernels/gelu_mlp.cuh,
+//   "Split-K"): env PYGPT_GEMM_SPLITK, read on every backward call:
+//   unset or empty: automatic, S = mk::splitk_slices_auto(C, Hd, M, slots) with
+//              slots = SMs x resident CTAs per SM of mlp_gemm<M,N,Partial> (the
+//              occupancy API; cached per device); S = 1 when the C x Hd tiles
+//              already fill the GPU (or M is too small to split);
+//   an integer >= 1: that S (clamped to mk::kMaxSplitK = 64), for tests/tuning;
+//   anything else: a TORCH_CHECK error naming the value.
+//   It only affects the mma path (cuBLASLt makes its own split-K choices).
 #include "../checks.h"
 #include "../registry.h"
 
@@ -96,7 +118,6 @@ namespace mk = ::pygpt::mlp_kernels;
 
 constexpr const char* kOpFwd = "pygpt.gelu_mlp";
 constexpr const char* kOpBwd = "pygpt.gelu_mlp_bwd";
-constexpr int kTimingReps = 3;
 
 template <typename T>
 struct Tag {
@@ -116,6 +137,40 @@ GemmMode gemm_mode_from_env(const char* op) {
   TORCH_CHECK(false, op, ": environment variable PYGPT_GEMM must be \"mma\", \"cublaslt\" or \"auto\", got \"",
               v, "\"");
   return GemmMode::kAuto;
+}
+
+// PYGPT_GEMM_SPLITK: 0 = automatic (unset or empty), else the forced number of split-K slices.
+int splitk_from_env(const char* op) {
+  const char* v = std::getenv("PYGPT_GEMM_SPLITK");
+  if (v == nullptr || v[0] == '\0') return 0;
+  bool ok = v[0] >= '0' && v[0] <= '9';  // digits only: no sign, no spaces, no "2.0"
+  long long n = 0;
+  for (const char* c = v; ok && *c != '\0'; ++c) {
+    ok = *c >= '0' && *c <= '9';
+    if (ok && n <= mk::kMaxSplitK) n = n * 10 + (*c - '0');  // saturates above the clamp
+  }
+  TORCH_CHECK(ok && n >= 1, op, ": environment variable PYGPT_GEMM_SPLITK must be unset (automatic) or an integer "
+              ">= 1 (the number of split-K slices of the weight-gradient GEMMs), got \"", v, "\"");
+  return static_cast<int>(std::min<long long>(n, mk::kMaxSplitK));
+}
+
+// CTAs of the split-K GEMM the device runs at once: SMs x resident CTAs per SM (occupancy API, with the
+// kernel's 64 KiB dynamic shared memory). Cached per device (per T: its own instantiation).
+template <typename T>
+int64_t gemm_slots(int device) {
+  static std::mutex mu;
+  static auto* cache = new std::unordered_map<int, int64_t>();  // never destroyed
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache->find(device);
+  if (it != cache->end()) return it->second;
+  int sms = 0, per_sm = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  auto* kernel = &mk::mlp_gemm_kernel<T, false, false, mk::kEpiPartial>;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, mk::kSmemBytes));
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, mk::kThreads, mk::kSmemBytes));
+  const int64_t slots = static_cast<int64_t>(sms) * std::max(per_sm, 1);
+  cache->emplace(device, slots);
+  return slots;
 }
 
 bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
@@ -191,6 +246,8 @@ bool stream_capturing(cudaStream_t s) {
   return st != cudaStreamCaptureStatusNone;
 }
 
+constexpr int kTimingReps = 3;
+
 // Mean time of run() over kTimingReps after one warm-up, in ms (synchronises the stream once).
 template <typename F>
 float time_ms(cudaStream_t s, F&& run) {
@@ -213,8 +270,26 @@ float time_ms(cudaStream_t s, F&& run) {
   return ms / kTimingReps;
 }
 
-// (device, dtype, M, C, Hd, tanh, backward) -> cuBLASLt (true) or mma (false).
+// (device, dtype, gemm_m_bucket(M), C, Hd, tanh, backward) -> cuBLASLt (true) or mma (false).
 using ChoiceKey = std::tuple<int, int, int64_t, int64_t, int64_t, bool, bool>;
+
+constexpr int64_t kMBucketMin = 64;
+constexpr int64_t kMBucketMax = int64_t{1} << 16;
+
+// The row-count bucket of the auto cache: M <= 64 -> 64; else the next power of two >= M, at most
+// 65536 (every M > 32768 shares the last bucket). Pure.
+int64_t gemm_m_bucket(int64_t M) {
+  int64_t b = kMBucketMin;
+  while (b < M && b < kMBucketMax) b <<= 1;
+  return b;
+}
+
+// The auto cache key of one call (pure): everything that fixes the GEMMs' N and K (C, Hd), the
+// dtype, device, epilogue flavour and stage, and M only through its bucket.
+ChoiceKey gemm_choice_key(int device, at::ScalarType dt, int64_t M, int64_t C, int64_t Hd, bool tanh_form,
+                          bool backward) {
+  return ChoiceKey{device, static_cast<int>(dt), gemm_m_bucket(M), C, Hd, tanh_form, backward};
+}
 
 std::mutex& choice_mutex() {
   static std::mutex mu;
@@ -498,7 +573,7 @@ std::tuple<at::Tensor, at::Tensor> gelu_mlp_fwd_cuda(const at::Tensor& x, const 
   bool done = false;
 #if PYGPT_MLP_LT
   if (mode != GemmMode::kMma && tanh_form) {  // cuBLASLt's GELU is the tanh form only
-    const ChoiceKey key{device, static_cast<int>(dt), M, C, Hd, tanh_form, false};
+    const ChoiceKey key = gemm_choice_key(device, dt, M, C, Hd, tanh_form, /*backward=*/false);
     const std::optional<bool> cached = mode == GemmMode::kAuto ? cached_choice(key) : std::nullopt;
     if (!cached.has_value() || *cached) {
       const cublasLtHandle_t h = lt_handle(device);
@@ -535,7 +610,16 @@ struct Bwd {
   at::Tensor dx, dwfc, dbfc, dwproj;      // outputs, x's dtype (db_proj is computed outside)
   int64_t M, C, Hd;
   bool tanh_form;
+  int splitk_forced;  // PYGPT_GEMM_SPLITK: 0 = automatic
+  int device;
 };
+
+// Split-K slices of the weight-gradient GEMMs (m x n, K = tokens): forced, or the automatic rule.
+template <typename T>
+int wgrad_splits(const Bwd& b, int64_t m, int64_t n) {
+  if (b.splitk_forced > 0) return b.splitk_forced;
+  return mk::splitk_slices_auto(m, n, b.M, gemm_slots<T>(b.device));
+}
 
 template <typename T>
 void bwd_mma(const Bwd& b, cudaStream_t s) {
@@ -553,15 +637,23 @@ void bwd_mma(const Bwd& b, cudaStream_t s) {
   p1.colsum = ptr<float>(partial);
   check_launch(mk::launch_mlp_gemm<T, true, false, mk::kEpiDGelu>(p1, s));
 
+  // Split-K: one fp32 workspace for both weight gradients (run one after the other on s).
+  const int s_proj = wgrad_splits<T>(b, b.C, b.Hd);
+  const int s_fc = wgrad_splits<T>(b, b.Hd, b.C);
+  const int64_t ws_n =
+      std::max(mk::splitk_workspace_floats(b.C, b.Hd, s_proj), mk::splitk_workspace_floats(b.Hd, b.C, s_fc));
+  at::Tensor ws = ws_n > 0 ? at::empty({ws_n}, b.go2.options().dtype(at::kFloat)) : at::Tensor();
+  float* const wsp = ws_n > 0 ? ptr<float>(ws) : nullptr;
+
   // dW_proj (C, Hd) = dout^T . act: A[c][m] = dout[m][c] (M-major), B[m][h] = act (N-major), K = tokens.
-  check_launch(mk::launch_mlp_gemm<T, false, false, mk::kEpiStore>(
+  check_launch(mk::launch_mlp_gemm_splitk<T, false, false>(
       gemm_params(b.go2.data_ptr(), b.C, b.act.data_ptr(), b.Hd, b.dwproj.data_ptr(), b.Hd, b.C, b.Hd, b.M,
-                  b.tanh_form), s));
+                  b.tanh_form), s_proj, wsp, s));
 
   // dW_fc (Hd, C) = dpre^T . x: A[h][m] = dpre[m][h] (M-major), B[m][c] = x (N-major).
-  check_launch(mk::launch_mlp_gemm<T, false, false, mk::kEpiStore>(
+  check_launch(mk::launch_mlp_gemm_splitk<T, false, false>(
       gemm_params(b.dpre.data_ptr(), b.Hd, b.x2.data_ptr(), b.C, b.dwfc.data_ptr(), b.C, b.Hd, b.C, b.M,
-                  b.tanh_form), s));
+                  b.tanh_form), s_fc, wsp, s));
 
   // dx (M, C) = dpre . w_fc: A[m][h] = dpre (K-major), B[h][c] = w_fc[h][c] (N-major).
   check_launch(mk::launch_mlp_gemm<T, true, false, mk::kEpiStore>(
@@ -655,6 +747,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gelu_mlp_
   checks::check_gelu_mlp_bwd_inputs(grad_out, x, pre, w_fc, w_proj, approximate);
   TORCH_CHECK(x.is_cuda(), kOpBwd, ": the CUDA kernel got x on ", x.device(), "; expected a CUDA tensor");
   const GemmMode mode = gemm_mode_from_env(kOpBwd);
+  const int splitk_forced = splitk_from_env(kOpBwd);
   const c10::cuda::CUDAGuard guard(x.device());
   const bool tanh_form = approximate == "tanh";
   const at::ScalarType dt = x.scalar_type();
@@ -694,12 +787,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gelu_mlp_
   b.C = C;
   b.Hd = Hd;
   b.tanh_form = tanh_form;
+  b.splitk_forced = splitk_forced;
+  b.device = device;
   auto run_mma = [&] { dispatch_half(dt, [&](auto ts) { bwd_mma<typename decltype(ts)::type>(b, stream); }); };
 
   bool done = false;
 #if PYGPT_MLP_LT
   if (mode != GemmMode::kMma && tanh_form) {
-    const ChoiceKey key{device, static_cast<int>(dt), M, C, Hd, tanh_form, true};
+    const ChoiceKey key = gemm_choice_key(device, dt, M, C, Hd, tanh_form, /*backward=*/true);
     const std::optional<bool> cached = mode == GemmMode::kAuto ? cached_choice(key) : std::nullopt;
     if (!cached.has_value() || *cached) {
       const cublasLtHandle_t h = lt_handle(device);

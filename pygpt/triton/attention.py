@@ -59,13 +59,16 @@ fp32 results keep parity with the float64 reference (TF32 would lose ~3 decimal 
 ``input_precision`` exists since Triton 3.0 (``allow_tf32`` is deprecated), so Triton 3.6 and 3.8
 both accept it.
 
-Tuning: ``@triton.autotune`` over tile sizes / warps / stages keyed on (Tq, Tk, BLOCK_D, CAUSAL), with
-six configs per kernel aimed at A100 and H100 (SM80/SM90, ≤ 228 KB shared memory; configs that do not
-fit are skipped by the autotuner). Under ``TRITON_INTERPRET=1`` (CPU) one small config is used and
-nothing is tuned; ``PYGPT_TRITON_AUTOTUNE=0`` uses one default GPU config (64 x 64, 4 warps).
+Tuning: ``triton.autotune`` over tile sizes / warps / stages keyed on (Tq, Tk, BLOCK_D, CAUSAL), with
+eight or nine configs per kernel aimed at A100 and H100 (SM80/SM90, ≤ 228 KB shared memory; configs that do not
+fit are skipped by the autotuner), pruned per kernel and head dim by a register-footprint bound
+(formula and calibration in "tile configs" below) so that no config spills — at D > 128
+(BLOCK_D = 256) that leaves small 8-warp tiles. Under ``TRITON_INTERPRET=1`` (CPU) one small config is
+used and nothing is tuned; ``PYGPT_TRITON_AUTOTUNE=0`` uses one config per kernel and head dim range
+(``_FIXED``: measured spill-free with ptxas for sm_80 and sm_90).
 
 Not supported: dropout (the op layer rejects ``dropout_p > 0`` for fused backends), head dims above
-256 (D > 128 is correct but untuned), dtypes other than fp16/bf16/fp32, attention masks other than
+256 (D > 128 is correct and spill-free in fp16/bf16, but pads to BLOCK_D = 256), dtypes other than fp16/bf16/fp32, attention masks other than
 causal, causal with Tq ≠ Tk, and a gradient through the lse output (it is an auxiliary output).
 """
 
@@ -88,37 +91,133 @@ _MAX_D = 256
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-# -- autotune configs -------------------------------------------------------------------------------
+# -- tile configs -----------------------------------------------------------------------------------
+#
+# Register footprint. A program keeps, across its loop, fp32 accumulators and one iteration's fp32
+# score tiles plus its q/k/v/dO operand tiles (16-bit: half a 32-bit register per element). Spread
+# over the 32 * num_warps threads, that is (BLOCK_D = the padded head dim: 256 for 128 < D <= 256)
+#
+#   fwd   (M*BD + M*N     + (M*BD + 2*N*BD) / 2)   / (32 * num_warps)   acc; s/p;      q, k, v
+#   dkdv  (2*N*BD + 2*N*M + (2*N*BD + 2*M*BD) / 2) / (32 * num_warps)   dk, dv; sT, dpT; k, v, q, dO
+#   dq    (M*BD + 2*M*N   + (2*M*BD + 2*N*BD) / 2) / (32 * num_warps)   dq; s, dp;     q, dO, k, v
+#
+# (M = BLOCK_M, N = BLOCK_N, BD = BLOCK_D) 32-bit registers per thread. It is an estimate: Triton
+# also replicates mma operands across warps and keeps pipeline copies, so real use is 1.5-3x this.
+# The bounds _REG_BUDGET were calibrated against ptxas (Triton 3.8, fp16, sm_80 and sm_90, ~150
+# configs compiled without a GPU): of the measured configs at or under their kernel's bound only two
+# spilled, both on sm_80 (dkdv 64x64x8 warps at BLOCK_D = 64: 128 bytes; dq 32x16x8 at 256: 8 bytes),
+# and neither is in the lists below (a 64x64x8 with 3 stages is; it did not spill on sm_90 and was
+# not measured on sm_80). The estimate cannot tell those apart; the bound is a guard, the measured
+# table _FIXED and the compile check in the tests are the evidence. Example: the former
+# one-size default 64 x 64 x 4 warps at D = 160 has dK/dV footprint
+# (2*64*256 + 2*64*64 + (2*64*256 + 2*64*256)/2) / 128 = 576 and spilled 2.4 KB of stack on sm_90
+# (its dq 4.5 KB, its forward 1.3 KB); at D = 128 its dK/dV and dq kernels spilled too.
+# The autotuned lists are pruned by the bound per kernel and BLOCK_D (_budget_prune); the single
+# config of PYGPT_TRITON_AUTOTUNE=0 comes from _FIXED (measured spill-free on sm_80 and sm_90, and
+# within the bound). tests/kernels/test_triton_attention.py checks both, and compiles the D = 160
+# ones for sm_80/sm_90 to check ptxas reports no spills.
+# fp32 inputs (input_precision="ieee": FMA dots, not tensor cores) are not covered: they take the
+# same configs and DO spill (measured: the forward at D = 64 already), correct but slow.
+
+_REG_BUDGET = {"fwd": 128, "dkdv": 144, "dq": 88}
 
 
-def _fwd_configs():
-    if _INTERPRET:
-        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
-    if not _AUTOTUNE:  # one config that fits every D <= 256 on sm_80/sm_90 (tests, quick checks)
-        return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=2)]
-    # A small A100/H100 set (each config costs a compile and a timing round per key): FA2's own
-    # Triton tiles (128 x 64 / 128 x 128, 4-8 warps) plus smaller ones for D = 128 and short T.
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
-            for bm, bn, w, st in ((128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3),
-                                  (128, 32, 4, 4), (64, 32, 4, 2))]
+def regs_per_thread(kernel: str, block_m: int, block_n: int, block_d: int, num_warps: int) -> float:
+    """The register footprint estimate of `kernel` ('fwd', 'dkdv', 'dq') per thread (formula above)."""
+    m, n, bd = block_m, block_n, block_d
+    if kernel == "fwd":
+        words = m * bd + m * n + (m * bd + 2 * n * bd) / 2
+    elif kernel == "dkdv":
+        words = 2 * n * bd + 2 * n * m + (2 * n * bd + 2 * m * bd) / 2
+    elif kernel == "dq":
+        words = m * bd + 2 * m * n + (2 * m * bd + 2 * n * bd) / 2
+    else:
+        raise ValueError(f"unknown attention kernel {kernel!r}")
+    return words / (32 * num_warps)
 
 
-def _bwd_configs():
-    if _INTERPRET:
-        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
-    if not _AUTOTUNE:
-        return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=2)]
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
-            for bm, bn, w, st in ((64, 64, 4, 2), (64, 64, 8, 3), (128, 64, 8, 2), (64, 128, 8, 2),
-                                  (32, 64, 4, 2), (32, 32, 4, 2))]
+def _fits(kernel: str, cfg, block_d: int) -> bool:
+    return regs_per_thread(kernel, cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], block_d,
+                           cfg.num_warps) <= _REG_BUDGET[kernel]
 
 
-def _prune_causal(configs, named_args, **kwargs):
+def _cfg(bm, bn, w, st):
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
+
+
+# The interpreter's one config (TRITON_INTERPRET=1: num_warps means nothing there; small tiles keep
+# several tiles per test shape)
+_INTERPRET_CONFIG = (32, 16, 4, 1)
+
+# PYGPT_TRITON_AUTOTUNE=0: (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel and BLOCK_D range
+# (BLOCK_D <= 64, == 128, == 256). ptxas (Triton 3.8, fp16) registers / spills, sm_90 and sm_80:
+#   fwd   64x64x4 (231 / 255 regs), 64x64x8 (255 / 255), 32x32x8 (231 / 255): no spills
+#   dkdv  64x32x8 (175 / 255), 64x32x8 (242 / 255), 32x32x8 (242 / 255): no spills
+#   dq    64x32x8 (176 / 255), 32x32x8 (254 / 255), 16x16x8 (254 / 255): no spills
+# where the former 64x64x4 everywhere spilled in dkdv and dq from D = 64 (sm_80) / 128 (sm_90) on.
+# Every entry has BLOCK_M % BLOCK_N == 0 (causal).
+_FIXED = {
+    "fwd": {64: (64, 64, 4, 2), 128: (64, 64, 8, 2), 256: (32, 32, 8, 2)},
+    "dkdv": {64: (64, 32, 8, 2), 128: (64, 32, 8, 2), 256: (32, 32, 8, 2)},
+    "dq": {64: (64, 32, 8, 2), 128: (32, 32, 8, 2), 256: (16, 16, 8, 2)},
+}
+
+# The autotuned sets (A100/H100, SM80/SM90; configs whose shared memory does not fit are skipped by
+# the autotuner, configs over the register bound by _budget_prune): FA2's own Triton tiles
+# (128 x 64 / 128 x 128, 4-8 warps), smaller ones for D = 128 and short T, and small 8-warp ones
+# for D > 128.
+_FWD_TUNE = ((128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 4), (64, 32, 4, 2),
+             (64, 64, 8, 2), (32, 32, 8, 2))
+_BWD_TUNE = ((64, 64, 4, 2), (64, 64, 8, 3), (128, 64, 8, 2), (64, 128, 8, 2), (32, 64, 4, 2), (32, 32, 4, 2),
+             (64, 32, 8, 2), (32, 32, 8, 2), (16, 16, 8, 2))
+
+
+def _fixed_config(kernel: str, block_d: int, interpret: bool | None = None):
+    """The one config `kernel` runs with when not autotuning (and under the interpreter; `interpret`
+    None: as this process runs)."""
+    if _INTERPRET if interpret is None else interpret:
+        return _cfg(*_INTERPRET_CONFIG)
+    table = _FIXED[kernel]
+    return _cfg(*table[min(bd for bd in table if bd >= block_d)])
+
+
+def _tune_configs(kernel: str):
+    return [_cfg(*c) for c in (_FWD_TUNE if kernel == "fwd" else _BWD_TUNE)]
+
+
+def _prune_causal(configs, causal: bool):
     """Causal skipping of key tiles assumes query tile boundaries are key tile boundaries."""
-    if not named_args.get("CAUSAL", kwargs.get("CAUSAL", False)):
+    if not causal:
         return configs
-    kept = [c for c in configs if c.kwargs["BLOCK_M"] % c.kwargs["BLOCK_N"] == 0]
-    return kept or configs
+    return [c for c in configs if c.kwargs["BLOCK_M"] % c.kwargs["BLOCK_N"] == 0]
+
+
+def tuned_configs(kernel: str, block_d: int, causal: bool):
+    """The autotuned candidates of `kernel` at BLOCK_D (causal or not): the tuning set pruned by the
+    register budget and the causal tile rule; never empty (else the fixed config)."""
+    kept = _prune_causal([c for c in _tune_configs(kernel) if _fits(kernel, c, block_d)], causal)
+    return kept or [_fixed_config(kernel, block_d, interpret=False)]
+
+
+def _budget_prune(kernel: str):
+    def prune(configs, named_args, **kwargs):
+        block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D"))
+        causal = kwargs.get("CAUSAL", named_args.get("CAUSAL", False))
+        keep = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
+                for c in tuned_configs(kernel, block_d, causal)}
+        kept = [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in keep]
+        return kept or tuned_configs(kernel, block_d, causal)
+    return prune
+
+
+def _launch(kernel: str, jit_fn, tuned_fn, grid, args, block_d: int, **constexprs):
+    """Run `kernel` autotuned (GPU, PYGPT_TRITON_AUTOTUNE != 0) or with its fixed config."""
+    if _AUTOTUNE and not _INTERPRET:
+        tuned_fn[grid](*args, BLOCK_D=block_d, **constexprs)
+        return
+    cfg = _fixed_config(kernel, block_d)
+    jit_fn[grid(cfg.kwargs)](*args, BLOCK_D=block_d, **constexprs, **cfg.kwargs, num_warps=cfg.num_warps,
+                             num_stages=cfg.num_stages)
 
 
 _KEY = ["Tq", "Tk", "BLOCK_D", "CAUSAL"]
@@ -158,7 +257,6 @@ def _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_kd, stri
     return acc, l_i, m_i
 
 
-@triton.autotune(configs=_fwd_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune_causal})
 @triton.jit
 def _attn_fwd(Q, K, V, O, LSE, sm_scale,
               stride_qb, stride_qh, stride_qt, stride_qd,
@@ -266,7 +364,6 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
     return dk, dv
 
 
-@triton.autotune(configs=_bwd_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune_causal})
 @triton.jit
 def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, sm_scale,
                    stride_qb, stride_qh, stride_qt, stride_qd,
@@ -350,7 +447,6 @@ def _attn_bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, stride
     return dq
 
 
-@triton.autotune(configs=_bwd_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune_causal})
 @triton.jit
 def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, sm_scale,
                  stride_qb, stride_qh, stride_qt, stride_qd,
@@ -397,6 +493,15 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, sm_scale,
              mask=ld)
 
 
+# The autotuned versions of the three matmul kernels (the plain jit functions run the fixed configs).
+_attn_fwd_tuned = triton.autotune(configs=_tune_configs("fwd"), key=_KEY,
+                                  prune_configs_by={"early_config_prune": _budget_prune("fwd")})(_attn_fwd)
+_attn_bwd_dkdv_tuned = triton.autotune(configs=_tune_configs("dkdv"), key=_KEY,
+                                       prune_configs_by={"early_config_prune": _budget_prune("dkdv")})(_attn_bwd_dkdv)
+_attn_bwd_dq_tuned = triton.autotune(configs=_tune_configs("dq"), key=_KEY,
+                                     prune_configs_by={"early_config_prune": _budget_prune("dq")})(_attn_bwd_dq)
+
+
 # -- host side --------------------------------------------------------------------------------------
 
 
@@ -441,8 +546,9 @@ def triton_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, caus
     if Tk == 0:  # softmax over no keys: the reference gives an empty sum, 0
         return out.zero_(), lse.fill_(float("-inf"))
     grid = lambda meta: (triton.cdiv(Tq, meta["BLOCK_M"]), B * H)  # noqa: E731
-    _attn_fwd[grid](q, k, v, out, lse, scale, *q.stride(), *k.stride(), *v.stride(),
-                    H, Tq, Tk, D, CAUSAL=causal, BLOCK_D=_block_d(D), PREC=_prec(q.dtype))
+    _launch("fwd", _attn_fwd, _attn_fwd_tuned, grid,
+            (q, k, v, out, lse, scale, *q.stride(), *k.stride(), *v.stride(), H, Tq, Tk, D),
+            _block_d(D), CAUSAL=causal, PREC=_prec(q.dtype))
     return out, lse
 
 
@@ -482,11 +588,13 @@ def triton_attention_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tenso
         out, grad_out, delta, *grad_out.stride(), H, Tq, D, BLOCK_M=pre_m, BLOCK_D=block_d)
     strides = (*q.stride(), *k.stride(), *v.stride(), *grad_out.stride())
     grid_kv = lambda meta: (triton.cdiv(Tk, meta["BLOCK_N"]), B * H)  # noqa: E731
-    _attn_bwd_dkdv[grid_kv](q, k, v, grad_out, lse, delta, dk, dv, scale, *strides,
-                            H, Tq, Tk, D, CAUSAL=causal, BLOCK_D=block_d, PREC=prec)
+    _launch("dkdv", _attn_bwd_dkdv, _attn_bwd_dkdv_tuned, grid_kv,
+            (q, k, v, grad_out, lse, delta, dk, dv, scale, *strides, H, Tq, Tk, D),
+            block_d, CAUSAL=causal, PREC=prec)
     grid_q = lambda meta: (triton.cdiv(Tq, meta["BLOCK_M"]), B * H)  # noqa: E731
-    _attn_bwd_dq[grid_q](q, k, v, grad_out, lse, delta, dq, scale, *strides,
-                         H, Tq, Tk, D, CAUSAL=causal, BLOCK_D=block_d, PREC=prec)
+    _launch("dq", _attn_bwd_dq, _attn_bwd_dq_tuned, grid_q,
+            (q, k, v, grad_out, lse, delta, dq, scale, *strides, H, Tq, Tk, D),
+            block_d, CAUSAL=causal, PREC=prec)
     return dq, dk, dv
 
 

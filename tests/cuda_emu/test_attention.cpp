@@ -83,9 +83,9 @@ attn::Strides strides_of(const View<T>& t) {
                        t.size[2] > 1 ? t.stride[2] : 0};
 }
 
-template <typename T, int kD>
+template <typename T, int kD, int kBr>
 void run_kernels_fwd(const attn::FwdParams& p, bool* ok) {
-  *ok = launch_ok(attn::launch_attention_fwd<T, kD>(p, nullptr));
+  *ok = launch_ok(attn::launch_attention_fwd<T, kD, kBr>(p, nullptr));
 }
 template <typename T, int kD>
 void run_kernels_bwd(const attn::BwdParams& p, bool* ok) {
@@ -93,11 +93,19 @@ void run_kernels_bwd(const attn::BwdParams& p, bool* ok) {
   const bool b = launch_ok(attn::launch_attention_bwd_dq<T, kD>(p, nullptr));
   *ok = a && b;
 }
+// fwd_rows: the forward version (64 or 128 query rows per CTA), as attention_cuda.cu's dispatch_fwd
 template <typename T>
-void dispatch(int64_t kD, const attn::FwdParams* fp, const attn::BwdParams* bp, bool* ok) {
-  if (kD == 32) fp ? run_kernels_fwd<T, 32>(*fp, ok) : run_kernels_bwd<T, 32>(*bp, ok);
-  if (kD == 64) fp ? run_kernels_fwd<T, 64>(*fp, ok) : run_kernels_bwd<T, 64>(*bp, ok);
-  if (kD == 128) fp ? run_kernels_fwd<T, 128>(*fp, ok) : run_kernels_bwd<T, 128>(*bp, ok);
+void dispatch(int64_t kD, int fwd_rows, const attn::FwdParams* fp, const attn::BwdParams* bp, bool* ok) {
+  *ok = false;
+  if (fp != nullptr && fwd_rows == 128) {
+    if (kD == 64) run_kernels_fwd<T, 64, 128>(*fp, ok);
+    if (kD == 128) run_kernels_fwd<T, 128, 128>(*fp, ok);
+    return;
+  }
+  if (fp != nullptr && fwd_rows != 64) return;
+  if (kD == 32) fp ? run_kernels_fwd<T, 32, 64>(*fp, ok) : run_kernels_bwd<T, 32>(*bp, ok);
+  if (kD == 64) fp ? run_kernels_fwd<T, 64, 64>(*fp, ok) : run_kernels_bwd<T, 64>(*bp, ok);
+  if (kD == 128) fp ? run_kernels_fwd<T, 128, 64>(*fp, ok) : run_kernels_bwd<T, 128>(*bp, ok);
 }
 
 template <typename T>
@@ -109,12 +117,21 @@ double tol_grad() {
   return std::is_same_v<T, __half> ? 3e-3 : 2e-2;
 }
 
-// fused: q, k, v are strided views of one (B, T, 3, H, D) buffer (the model's qkv projection)
+// fused: q, k, v are strided views of one (B, T, 3, H, D) buffer (the model's qkv projection).
+// rows_env: the value of PYGPT_ATTN_FWD_ROWS (nullptr = unset); the forward version is picked from it
+// by attn::choose_fwd_rows, as the launcher does. At 128 rows and kD = 64 the 64-row version is run
+// on the same operands too and must give bit-identical out and lse (same key blocks of 64, same
+// per-row arithmetic; only the CTA/warp tiling differs). The (unchanged, version-independent)
+// backward then runs on this forward's out and lse.
 template <typename T>
-void run_case(int B, int H, int Tq, int Tk, int D, bool causal, bool fused, uint64_t seed) {
+void run_case(int B, int H, int Tq, int Tk, int D, bool causal, bool fused, uint64_t seed,
+              const char* rows_env = "64") {
   const int64_t kD = D <= 32 ? 32 : (D <= 64 ? 64 : 128);
-  suite.begin("attention %-4s B=%d H=%d Tq=%-3d Tk=%-3d D=%-3d(kD=%-3" PRId64 ") causal=%d %s", Ty<T>::name(), B, H, Tq,
-              Tk, D, kD, causal, fused ? "qkv-views" : "contiguous");
+  const int fwd_rows = attn::choose_fwd_rows(rows_env, static_cast<int>(kD));
+  suite.begin("attention %-4s B=%d H=%d Tq=%-3d Tk=%-3d D=%-3d(kD=%-3" PRId64 ") causal=%d %-10s fwd_rows=%-3d(%s)",
+              Ty<T>::name(), B, H, Tq, Tk, D, kD, causal, fused ? "qkv-views" : "contiguous", fwd_rows,
+              rows_env ? rows_env : "unset");
+  suite.require("PYGPT_ATTN_FWD_ROWS value accepted", fwd_rows == 64 || fwd_rows == 128);
   std::mt19937_64 rng(seed);
   std::normal_distribution<double> nd(0.0, 1.0);
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
@@ -183,8 +200,23 @@ void run_case(int B, int H, int Tq, int Tk, int D, bool causal, bool fused, uint
   fp.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
   fp.causal = causal ? 1 : 0;
   bool ok = false;
-  dispatch<T>(kD, &fp, nullptr, &ok);
+  dispatch<T>(kD, fwd_rows, &fp, nullptr, &ok);
   suite.require("forward launch", ok);
+  if (fwd_rows == 128 && kD == 64) {
+    Buf<T> out64(static_cast<size_t>(BH * Tq * kD));
+    Buf<float> lse64(static_cast<size_t>(BH * Tq));
+    attn::FwdParams fp64 = fp;
+    fp64.out = out64.p;
+    fp64.lse = lse64.p;
+    bool ok64 = false;
+    dispatch<T>(kD, 64, &fp64, nullptr, &ok64);
+    suite.require("64-row forward launch", ok64);
+    // bitwise (memcmp: NaN == NaN would not hold with ==, and -0 vs +0 must not pass)
+    suite.require("128-row out bit-identical to 64-row",
+                  std::memcmp(out64.p, out_k, static_cast<size_t>(BH * Tq * kD) * sizeof(T)) == 0);
+    suite.require("128-row lse bit-identical to 64-row",
+                  std::memcmp(lse64.p, lse.p, static_cast<size_t>(BH * Tq) * sizeof(float)) == 0);
+  }
   bool pad_zero = true;
   if (kD != D) {
     for (int64_t r = 0; r < BH * Tq; ++r)
@@ -302,7 +334,7 @@ void run_case(int B, int H, int Tq, int Tk, int D, bool causal, bool fused, uint
   bp.scale = static_cast<float>(scale);
   bp.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
   bp.causal = causal ? 1 : 0;
-  dispatch<T>(kD, nullptr, &bp, &ok);
+  dispatch<T>(kD, 64, nullptr, &bp, &ok);
   suite.require("backward launches", ok);
   bool gpad_zero = true;
   auto cmp = [&](const Buf<T>& g, const std::vector<double>& ref, int64_t rows, Err& e) {
@@ -346,11 +378,60 @@ void sweep(uint64_t seed) {
   run_case<T>(1, 2, 17, 130, 128, false, false, ++seed);
   // qkv views with batch AND head strides, causal
   run_case<T>(2, 2, 40, 40, 64, true, true, ++seed);
+
+  // The 128-row forward version (PYGPT_ATTN_FWD_ROWS=128) at both of its head dims, causal and not,
+  // at odd T: 1 and 17 (one CTA, 127 resp. 111 of its rows past Tq),
+  // 113 (one CTA, a key tail inside the last block), 200 (two CTAs, the second with 72 rows).
+  // Causal, warp 0 of the first CTA skips 1 of its 2 (d64, Bc = 64) resp. 3 of its 4 (d128, Bc = 32)
+  // key blocks, which lie right of all its rows.
+  for (int D : {64, 128}) {
+    for (int causal = 0; causal < 2; ++causal) {
+      for (int Tn : {1, 17, 113, 200}) {
+        const int B = Tn == 200 ? 1 : 2, H = Tn == 113 ? 1 : 2;
+        run_case<T>(B, H, Tn, Tn, D, causal != 0, false, ++seed, "128");
+      }
+    }
+  }
+  // 128 rows on qkv views read in place (D = kD) and on a padded head dim (D = 80 -> kD = 128),
+  // cross attention both ways, and the default (unset / "auto": 128 at kD = 64 and 128, 64 at 32)
+  run_case<T>(2, 2, 150, 150, 64, true, true, ++seed, "128");
+  run_case<T>(1, 2, 130, 130, 80, true, false, ++seed, "128");
+  run_case<T>(1, 2, 17, 200, 128, false, false, ++seed, "128");
+  run_case<T>(1, 1, 200, 17, 64, false, false, ++seed, "128");
+  run_case<T>(1, 2, 65, 65, 32, true, false, ++seed, nullptr);
+  run_case<T>(1, 2, 130, 130, 128, true, true, ++seed, "auto");
+}
+
+// attn::choose_fwd_rows: the PYGPT_ATTN_FWD_ROWS rule the launcher applies
+void fwd_rows_selection() {
+  suite.begin("attention PYGPT_ATTN_FWD_ROWS selection (choose_fwd_rows)");
+  struct Want {
+    const char* env;
+    int kD, rows;
+  };
+  const Want want[] = {
+      {nullptr, 32, 64},    {nullptr, 64, 128},  {nullptr, 128, 128}, {"", 64, 128},
+      {"auto", 32, 64},     {"auto", 64, 128},   {"auto", 128, 128},  {"64", 32, 64},
+      {"64", 64, 64},       {"64", 128, 64},     {"128", 64, 128},    {"128", 128, 128},
+      {"128", 32, attn::kFwdRowsUnsupported},    {"96", 64, attn::kFwdRowsBadValue},
+      {"AUTO", 64, attn::kFwdRowsBadValue},      {"128 ", 128, attn::kFwdRowsBadValue},
+      {"064", 64, attn::kFwdRowsBadValue},
+  };
+  for (const Want& w : want) {
+    const int got = attn::choose_fwd_rows(w.env, w.kD);
+    if (got != w.rows) {
+      char what[128];
+      std::snprintf(what, sizeof(what), "env=%s kD=%d -> %d (want %d)", w.env ? w.env : "unset", w.kD, got, w.rows);
+      suite.require(what, false);
+    }
+  }
+  suite.end();
 }
 
 }  // namespace
 
 int main() {
+  fwd_rows_selection();
   sweep<__half>(100);
   sweep<__nv_bfloat16>(200);
   return suite.finish("attention");

@@ -1,9 +1,15 @@
 // kernels/gelu_mlp.cuh run on the CPU emulator (tests/cuda_emu/emu.h) and checked against float64
 // references. The GEMM kernel is driven through the exact launch sequence of the "mma" path of
 // csrc/cuda/gelu_mlp_cuda.cu (fwd_mma: <K,K,GeluAux> then <K,K,Store>; bwd_mma: <K,N,DGelu> with
-// the db_fc column-sum partials, <M,N,Store> twice for the weight gradients, <K,N,Store> for dx; the
-// partials summed in a fixed order like at::sum), so all four operand layouts and all three
-// epilogues run. The elementwise kernels (mlp_bias_gelu_kernel, mlp_dgelu_kernel) run in every
+// the db_fc column-sum partials, the two weight gradients through launch_mlp_gemm_splitk (S = 1:
+// <M,N,Store>; S > 1: <M,N,Partial> + mlp_splitk_reduce_kernel, one shared workspace), <K,N,Store>
+// for dx; the db_fc partials summed in a fixed order like at::sum), so all four operand layouts and
+// all four GEMM epilogues run. run_wgrad drives the weight-gradient GEMMs alone with split-K S = 1,
+// 2, 3 (M = 1, 17, 113, 300, 1100: empty slices, a K tail in the last slice, uneven slices), checks
+// every slice's fp32 partial against its float64 sum over the slice's rows (rel 1e-5; an empty slice
+// must be exactly 0), the result bitwise against round_T of the slices summed in order in fp32, and
+// a second run with the same S (workspace and outputs re-poisoned) bitwise against the first. The
+// auto rule splitk_slices_auto is checked on hand-computed cases. The elementwise kernels (mlp_bias_gelu_kernel, mlp_dgelu_kernel) run in every
 // (type) variant the launcher instantiates. cuBLASLt is a host library: not emulated. Every output
 // is NaN-poisoned before its kernel runs.
 //
@@ -14,6 +20,8 @@
 //   out, dx, dW_fc, dW_proj, db_fc (a rounded operand feeds another rounded GEMM):
 //                                        fp16 1.5e-3, bf16 1e-2 (measured max 5.0e-4 / 3.9e-3)
 //   db_fc is measured against max_h sum_m |dpre| (a sum of terms of both signs).
+//   split-K partials (fp32, unrounded): 1e-5 relative to the slice's max |ref| (fp32 accumulation
+//   of exact 16-bit products; measured max ~1e-7).
 //   act (both epilogues) must also equal round_T(float64 gelu(rounded pre)) bitwise in >= 99% of
 //   the elements (fp32 GELU error only flips ~1e-4 of the roundings; GELU of the unrounded pre
 //   would flip many more).
@@ -72,12 +80,19 @@ bool gemm(const mk::MlpGemmParams& p) {
   return launch_ok(mk::launch_mlp_gemm<T, kA, kB, kEpi>(p, nullptr));
 }
 
+// The weight-gradient GEMMs as bwd_mma launches them (S slices; workspace null for S = 1).
 template <typename T>
-void run_mlp(int64_t M, int64_t C, int64_t Hd, bool tanh_form, bool biases, uint64_t seed) {
+bool wgrad_gemm(const mk::MlpGemmParams& p, int splits, float* ws) {
+  return launch_ok(mk::launch_mlp_gemm_splitk<T, false, false>(p, splits, ws, nullptr));
+}
+
+template <typename T>
+void run_mlp(int64_t M, int64_t C, int64_t Hd, bool tanh_form, bool biases, uint64_t seed, int splits = 1) {
   const int64_t tiles_m = (M + mk::kBM - 1) / mk::kBM;
-  suite.begin("gelu_mlp  %-4s M=%-4" PRId64 " C=%-3" PRId64 " Hd=%-3" PRId64 " %s bias=%d (tiles: up %" PRId64
+  suite.begin("gelu_mlp  %-4s M=%-4" PRId64 " C=%-3" PRId64 " Hd=%-3" PRId64 " %s bias=%d S=%d (tiles: up %" PRId64
               "x%" PRId64 ", K %" PRId64 "/%" PRId64 "/%" PRId64 ")",
-              Ty<T>::name(), M, C, Hd, tanh_form ? "tanh" : "none", biases, tiles_m, (Hd + 127) / 128, C, Hd, M);
+              Ty<T>::name(), M, C, Hd, tanh_form ? "tanh" : "none", biases, splits, tiles_m, (Hd + 127) / 128, C,
+              Hd, M);
   std::mt19937_64 rng(seed);
   std::normal_distribution<double> nd(0.0, 1.0);
   const size_t MC = static_cast<size_t>(M * C), MH = static_cast<size_t>(M * Hd), HC = static_cast<size_t>(Hd * C);
@@ -177,7 +192,11 @@ void run_mlp(int64_t M, int64_t C, int64_t Hd, bool tanh_form, bool biases, uint
   p2.n = static_cast<int>(Hd);
   p2.k = static_cast<int>(M);
   p2.gelu_tanh = up.gelu_tanh;
-  suite.require("dW_proj launch", gemm<T, false, false, mk::kEpiStore>(p2));
+  // one workspace for both weight gradients (same C x Hd size), as bwd_mma allocates it
+  const int64_t ws_n = mk::splitk_workspace_floats(C, Hd, splits);
+  Buf<float> ws(static_cast<size_t>(ws_n > 0 ? ws_n : 1));
+  float* const wsp = ws_n > 0 ? ws.p : nullptr;
+  suite.require("dW_proj launch", wgrad_gemm<T>(p2, splits, wsp));
   mk::MlpGemmParams p3{};
   p3.a = dpre.p;
   p3.lda = Hd;
@@ -189,7 +208,7 @@ void run_mlp(int64_t M, int64_t C, int64_t Hd, bool tanh_form, bool biases, uint
   p3.n = static_cast<int>(C);
   p3.k = static_cast<int>(M);
   p3.gelu_tanh = up.gelu_tanh;
-  suite.require("dW_fc launch", gemm<T, false, false, mk::kEpiStore>(p3));
+  suite.require("dW_fc launch", wgrad_gemm<T>(p3, splits, wsp));
   mk::MlpGemmParams p4{};
   p4.a = dpre.p;
   p4.lda = Hd;
@@ -257,6 +276,156 @@ void run_mlp(int64_t M, int64_t C, int64_t Hd, bool tanh_form, bool biases, uint
   suite.check("dW_fc", e_dwfc, tol2<T>());
   suite.check("db_fc", e_dbfc, tol2<T>());
   suite.check("dW_proj", e_dwproj, tol2<T>());
+  suite.end();
+}
+
+// The weight-gradient GEMMs alone, split-K S slices: dW_proj (C, Hd) = dout^T . act and dW_fc (Hd, C)
+// = dpre^T . x, K = M, one shared workspace, as bwd_mma runs them.
+template <typename T>
+void run_wgrad(int64_t M, int64_t C, int64_t Hd, int splits, uint64_t seed) {
+  const int ktiles = static_cast<int>((M + mk::kBK - 1) / mk::kBK);
+  suite.begin("wgrad     %-4s M=%-4" PRId64 " C=%-3" PRId64 " Hd=%-3" PRId64 " S=%d (K tiles %d, slice tiles %d..%d)",
+              Ty<T>::name(), M, C, Hd, splits, ktiles,
+              mk::splitk_kt_begin(1, splits, ktiles) - mk::splitk_kt_begin(0, splits, ktiles),
+              ktiles - mk::splitk_kt_begin(splits - 1, splits, ktiles));
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> nd(0.0, 1.0);
+  const size_t MC = static_cast<size_t>(M * C), MH = static_cast<size_t>(M * Hd), HC = static_cast<size_t>(Hd * C);
+  Buf<T> x(MC), go(MC), act(MH), dpre(MH), dwproj(HC), dwfc(HC), dwproj2(HC), dwfc2(HC);
+  for (size_t i = 0; i < MC; ++i) x[i] = fromD<T>(nd(rng));
+  for (size_t i = 0; i < MC; ++i) go[i] = fromD<T>(nd(rng));
+  for (size_t i = 0; i < MH; ++i) act[i] = fromD<T>(nd(rng));
+  for (size_t i = 0; i < MH; ++i) dpre[i] = fromD<T>(0.3 * nd(rng));
+  const int64_t ws_n = mk::splitk_workspace_floats(C, Hd, splits);
+  suite.require("workspace size", ws_n == (splits > 1 ? splits * C * Hd : 0));
+  Buf<float> ws(static_cast<size_t>(ws_n > 0 ? ws_n : 1));
+  float* const wsp = ws_n > 0 ? ws.p : nullptr;
+
+  auto params = [&](const Buf<T>& a, int64_t lda, const Buf<T>& b, int64_t ldb, Buf<T>& c, int64_t m, int64_t n) {
+    mk::MlpGemmParams p{};
+    p.a = a.p;
+    p.lda = lda;
+    p.b = b.p;
+    p.ldb = ldb;
+    p.c = c.p;
+    p.ldc = n;
+    p.m = static_cast<int>(m);
+    p.n = static_cast<int>(n);
+    p.k = static_cast<int>(M);
+    return p;
+  };
+  // A[c][m] = dout[m][c] (M-major), B[m][h] = act; A[h][m] = dpre[m][h], B[m][c] = x
+  const mk::MlpGemmParams pp = params(go, C, act, Hd, dwproj, C, Hd);
+  const mk::MlpGemmParams pf = params(dpre, Hd, x, C, dwfc, Hd, C);
+  std::vector<float> ws_proj, ws_fc;  // the workspace after each GEMM (the emulator runs synchronously)
+  suite.require("dW_proj launch", wgrad_gemm<T>(pp, splits, wsp));
+  if (ws_n > 0) ws_proj.assign(ws.p, ws.p + ws_n);
+  suite.require("dW_fc launch", wgrad_gemm<T>(pf, splits, wsp));
+  if (ws_n > 0) ws_fc.assign(ws.p, ws.p + ws_n);
+
+  // float64 references, whole K and per slice
+  Err e_proj, e_fc, e_part;
+  bool empty_zero = true, order_exact = true;
+  auto check = [&](const Buf<T>& A, int64_t lda, const Buf<T>& B, int64_t ldb, const Buf<T>& Cm, int64_t m, int64_t n,
+                   Err& e, const std::vector<float>& wsv) {
+    std::vector<double> slice_ref(static_cast<size_t>(splits));
+    std::vector<Err> e_s(static_cast<size_t>(splits));
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) {
+        double total = 0;
+        for (int z = 0; z < splits; ++z) {
+          const int64_t k0 = static_cast<int64_t>(mk::splitk_kt_begin(z, splits, ktiles)) * mk::kBK;
+          const int64_t k1 = std::min<int64_t>(static_cast<int64_t>(mk::splitk_kt_begin(z + 1, splits, ktiles)) * mk::kBK, M);
+          double sz = 0;
+          for (int64_t k = k0; k < k1; ++k) sz += dbl(A[static_cast<size_t>(k * lda + i)]) * dbl(B[static_cast<size_t>(k * ldb + j)]);
+          total += sz;
+          slice_ref[static_cast<size_t>(z)] = sz;
+        }
+        const size_t ci = static_cast<size_t>(i * n + j);
+        e.add(dbl(Cm[ci]), total);
+        if (splits > 1) {
+          float f = 0.0f;
+          for (int z = 0; z < splits; ++z) {
+            const float v = wsv[static_cast<size_t>(z) * static_cast<size_t>(m * n) + ci];
+            f = z == 0 ? v : f + v;  // the fixed order of mlp_splitk_reduce_kernel
+            const bool empty = mk::splitk_kt_begin(z, splits, ktiles) == mk::splitk_kt_begin(z + 1, splits, ktiles);
+            if (empty) {
+              empty_zero = empty_zero && v == 0.0f && !std::signbit(v);
+            } else {
+              e_s[static_cast<size_t>(z)].add(static_cast<double>(v), slice_ref[static_cast<size_t>(z)]);
+            }
+          }
+          const T r = fromD<T>(static_cast<double>(f));
+          order_exact = order_exact && std::memcmp(&r, &Cm[ci], sizeof(T)) == 0;
+        }
+      }
+    for (const Err& es : e_s) {  // the worst slice, each against its own scale
+      if (es.count == 0) continue;
+      if (es.rel() > e_part.rel() || e_part.count == 0) e_part = es;
+    }
+  };
+  check(go, C, act, Hd, dwproj, C, Hd, e_proj, ws_proj);
+  check(dpre, Hd, x, C, dwfc, Hd, C, e_fc, ws_fc);
+  suite.check("dW_proj", e_proj, tol2<T>());
+  suite.check("dW_fc", e_fc, tol2<T>());
+  if (splits > 1) {
+    suite.check("partials", e_part, 1e-5);
+    suite.require("empty slices store +0", empty_zero);
+    suite.require("C == round(slice 0 + slice 1 + ...) bitwise", order_exact);
+  }
+
+  // same S again into re-poisoned outputs and workspace: the same bits
+  ws.poison();
+  mk::MlpGemmParams pp2 = pp, pf2 = pf;
+  pp2.c = dwproj2.p;
+  pf2.c = dwfc2.p;
+  suite.require("dW_proj relaunch", wgrad_gemm<T>(pp2, splits, wsp));
+  suite.require("dW_fc relaunch", wgrad_gemm<T>(pf2, splits, wsp));
+  suite.require("rerun bitwise equal", std::memcmp(dwproj.p, dwproj2.p, HC * sizeof(T)) == 0 &&
+                                           std::memcmp(dwfc.p, dwfc2.p, HC * sizeof(T)) == 0);
+  suite.end();
+}
+
+// splitk_slices_auto: the documented rule on hand-computed cases (tiles = ceil(m/128) ceil(n/128)).
+void run_splitk_auto() {
+  suite.begin("splitk_slices_auto (rule of kernels/gelu_mlp.cuh \"Split-K\")");
+  struct Case {
+    int64_t m, n, k, slots;
+    int want;
+  };
+  const Case cases[] = {
+      {768, 3072, 16384, 264, 3},  // 144 tiles, H100: S=2 1.0 (no gain), S=3 0.67, S=4 0.75
+      {3072, 768, 16384, 216, 3},  // 144 tiles, A100 (108 SMs): S=2 1.0, S=3 0.67, S=4 0.75
+      {2048, 2048, 16384, 216, 1}, // 256 tiles >= slots: a full wave already
+      {768, 3072, 255, 264, 1},    // 8 K tiles: no slice of >= 8 tiles left over
+      {768, 3072, 512, 264, 1},    // S <= 2 and S = 2 is not strictly better
+      {768, 3072, 768, 264, 3},    // 24 K tiles: S <= 3
+      {384, 1024, 8192, 264, 4},   // 24 tiles: S = 2 0.5, 3 0.33, 4 0.25 (cap 4)
+      {768, 2048, 8192, 264, 2},   // 96 tiles: S = 2 0.5, S = 3 0.67, S = 4 0.5 (tie: smaller S)
+      {768, 2048, 8192, 100, 1},   // 96 tiles < 100 slots, but S = 2, 3, 4 all cost 1.0
+      {1, 8, 1 << 20, 264, 4},     // one tile
+      {768, 3072, 16384, 0, 1},    // no slot information
+      {0, 3072, 16384, 264, 1},
+  };
+  bool ok = true;
+  for (const Case& c : cases) {
+    const int got = mk::splitk_slices_auto(c.m, c.n, c.k, c.slots);
+    if (got != c.want) {
+      ok = false;
+      char buf[160];
+      std::snprintf(buf, sizeof(buf), " m=%" PRId64 " n=%" PRId64 " k=%" PRId64 " slots=%" PRId64 ": S=%d, want %d", c.m,
+                    c.n, c.k, c.slots, got, c.want);
+      suite.line += buf;
+    }
+  }
+  suite.require("auto S as documented", ok);
+  // slice boundaries floor(s * T / S): uneven slices differ by one tile, the larger ones last (so the
+  // last slice holds the K tail), empty slices first
+  const int b10[] = {0, 3, 6, 10}, b1[] = {0, 0, 0, 1}, b35[] = {0, 17, 35};
+  bool bounds = true;
+  for (int z = 0; z <= 3; ++z) bounds = bounds && mk::splitk_kt_begin(z, 3, 10) == b10[z] && mk::splitk_kt_begin(z, 3, 1) == b1[z];
+  for (int z = 0; z <= 2; ++z) bounds = bounds && mk::splitk_kt_begin(z, 2, 35) == b35[z];
+  suite.require("slice boundaries floor(s*T/S)", bounds);
   suite.end();
 }
 
@@ -337,6 +506,20 @@ int main() {
   // 9 M tiles: two GROUP_M super-rows; weight gradients with K = 1100 (35 K tiles, the 4-stage ring)
   run_mlp<__nv_bfloat16>(1100, 24, 40, true, true, ++seed);
   run_mlp<__half>(1100, 24, 40, false, false, ++seed);
+  // the whole backward with split-K weight gradients (S = 2, 3: 10 / 35 K tiles)
+  run_mlp<__half>(300, 264, 392, true, true, ++seed, 3);
+  run_mlp<__nv_bfloat16>(1100, 24, 40, false, true, ++seed, 2);
+  // split-K of the weight-gradient GEMMs: S = 1, 2, 3; M = 1, 17 (one K tile: empty slices),
+  // 113 (4 tiles, the last partial), 300 (10 tiles, 3/3/4), 1100 (35 tiles: the 4-stage ring)
+  for (int splits = 1; splits <= 3; ++splits) {
+    for (int64_t M : {1, 17, 113, 300}) {
+      run_wgrad<__half>(M, 40, 168, splits, ++seed);
+      run_wgrad<__nv_bfloat16>(M, 40, 168, splits, ++seed);
+    }
+  }
+  run_wgrad<__nv_bfloat16>(1100, 136, 24, 3, ++seed);
+  run_wgrad<__half>(1100, 136, 24, 2, ++seed);
+  run_splitk_auto();
   // elementwise kernels: every variant the launcher instantiates (at::mm path, cuBLASLt backward)
   for (int tanh_form = 1; tanh_form >= 0; --tanh_form) {
     run_bias_gelu<float, __half, float>(37, 300, true, true, tanh_form, ++seed);

@@ -294,6 +294,46 @@ def test_cuda_boundary_errors(gen):
         fused_attention(q.bfloat16(), cpu, cpu, False, 0.125)
 
 
+# The CUDA forward has two versions (kernels/attention.cuh): 64 or 128 query rows per thread block,
+# picked by the launcher from PYGPT_ATTN_FWD_ROWS on every call (unset/'auto': 128 at D 33..128).
+# Both are parity-tested at the head dims the 128-row one exists for, with T around its tiles
+# (17: one partial block; 113: one block with a key tail; 1023: 8 blocks, causal skipping).
+@pytest.mark.parametrize("rows", ["64", "128"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+@pytest.mark.parametrize("T,D", [(T, D) for T in (17, 113, 1023) for D in (64, 128)])
+def test_cuda_forward_versions(rows, dtype, causal, T, D, gen, monkeypatch):
+    skip_unless_runnable(OP, "cuda", "cuda", dtype, T=T, D=D)
+    monkeypatch.setenv("PYGPT_ATTN_FWD_ROWS", rows)
+    B, H = (1, 3) if T > 512 else (2, 3)
+    q, k, v = (randn(B, H, T, D, dtype=dtype, device="cuda", gen=gen) for _ in range(3))
+    check("cuda", q, k, v, causal, gen)
+
+
+def test_cuda_forward_rows_env_errors(gen, monkeypatch):
+    """PYGPT_ATTN_FWD_ROWS: a value other than unset/'auto'/'64'/'128' is an error naming it; '128'
+    at a head dim without a 128-row kernel (D <= 32) is an error naming D; read on every call."""
+    skip_unless_runnable(OP, "ext", "cuda", torch.bfloat16)
+    f = torch.ops.pygpt.attention_fwd
+    q16 = randn(1, 2, 8, 16, dtype=torch.bfloat16, device="cuda", gen=gen)
+    q64 = randn(1, 2, 8, 64, dtype=torch.bfloat16, device="cuda", gen=gen)
+    monkeypatch.setenv("PYGPT_ATTN_FWD_ROWS", "96")
+    with pytest.raises(RuntimeError, match="PYGPT_ATTN_FWD_ROWS='96'"):
+        f(q64, q64, q64, True, 0.125)
+    monkeypatch.setenv("PYGPT_ATTN_FWD_ROWS", "128")
+    with pytest.raises(RuntimeError, match="PYGPT_ATTN_FWD_ROWS=128 .*D=16"):
+        f(q16, q16, q16, True, 0.25)
+    ref = attention_reference(q64.float(), q64.float(), q64.float(), causal=True, scale=0.125)
+    outs = {}
+    for rows in ("128", "64", "auto"):
+        monkeypatch.setenv("PYGPT_ATTN_FWD_ROWS", rows)
+        outs[rows] = f(q64, q64, q64, True, 0.125)[0]
+        assert max_err(outs[rows], ref) < 2e-2
+    monkeypatch.delenv("PYGPT_ATTN_FWD_ROWS")
+    assert max_err(f(q16, q16, q16, False, 0.25)[0],
+                   attention_reference(q16.float(), q16.float(), q16.float(), causal=False, scale=0.25)) < 2e-2
+
+
 def test_cuda_auto_routes_fp32_and_wide_heads_to_triton(gen):
     """'auto' on CUDA: the CUDA kernel for bf16/fp16 with D <= 128, Triton otherwise."""
     skip_unless_runnable(OP, "cuda", "cuda", torch.bfloat16)

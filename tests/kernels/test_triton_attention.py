@@ -121,3 +121,145 @@ def test_opcheck(causal, Tq, Tk, gen):
     dout = torch.randn_like(out)
     torch.library.opcheck(torch.ops.pygpt.triton_attention_bwd.default,
                           (dout, q.detach(), k.detach(), v.detach(), out, lse, causal, 0.25))
+
+
+# -- tile configs: register footprint by head dim (pure Python), spills (compiled for sm_80/sm_90) ----
+
+HEAD_DIMS = (32, 64, 96, 128, 160, 256)
+# The footprint bound per kernel, stated here independently of the module (its _REG_BUDGET must agree),
+# in 32-bit registers per thread of the estimate below.
+BOUND = {"fwd": 128, "dkdv": 144, "dq": 88}
+
+
+def footprint(kernel, m, n, bd, warps):
+    """fp32 accumulators + fp32 score tiles + 16-bit operand tiles (half a register each), per thread."""
+    words = {"fwd": m * bd + m * n + (m * bd + 2 * n * bd) / 2,
+             "dkdv": 2 * n * bd + 2 * n * m + (2 * n * bd + 2 * m * bd) / 2,
+             "dq": m * bd + 2 * m * n + (2 * m * bd + 2 * n * bd) / 2}[kernel]
+    return words / (32 * warps)
+
+
+def _key(c):
+    return c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages
+
+
+def _configs_used(kernel, D, causal):
+    """(fixed config of PYGPT_TRITON_AUTOTUNE=0, autotune candidates) on a GPU at head dim D."""
+    from pygpt.triton import attention as ta
+
+    bd = ta._block_d(D)
+    fixed = ta._fixed_config(kernel, bd, interpret=False)
+    tuned = {"fwd": ta._attn_fwd_tuned, "dkdv": ta._attn_bwd_dkdv_tuned, "dq": ta._attn_bwd_dq_tuned}[kernel]
+    # the prune hook exactly as the autotuner calls it (constexprs arrive as keyword arguments)
+    pruned = tuned.early_config_prune(tuned.configs, {}, BLOCK_D=bd, CAUSAL=causal, PREC=None)
+    return bd, fixed, pruned
+
+
+@pytest.mark.parametrize("kernel", ["fwd", "dkdv", "dq"])
+@pytest.mark.parametrize("D", HEAD_DIMS)
+def test_configs_fit_register_bound(kernel, D):
+    from pygpt.triton import attention as ta
+
+    assert ta._REG_BUDGET == BOUND
+    for causal in (True, False):
+        bd, fixed, pruned = _configs_used(kernel, D, causal)
+        assert pruned, f"{kernel} D={D}: the prune left no config"
+        for c in [fixed, *pruned]:
+            m, n, w, _ = _key(c)
+            f = footprint(kernel, m, n, bd, w)
+            assert f == ta.regs_per_thread(kernel, m, n, bd, w)
+            assert f <= BOUND[kernel], f"{kernel} D={D} {_key(c)}: {f} registers/thread > {BOUND[kernel]}"
+            if causal:
+                assert m % n == 0, f"{kernel} {_key(c)}: causal needs BLOCK_M % BLOCK_N == 0"
+        # the prune removed exactly the candidates over the bound (and, causal, off the tile rule)
+        want = [_key(c) for c in ta._tune_configs(kernel)
+                if footprint(kernel, c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], bd, c.num_warps) <= BOUND[kernel]
+                and (not causal or c.kwargs["BLOCK_M"] % c.kwargs["BLOCK_N"] == 0)]
+        assert [_key(c) for c in pruned] == (want or [_key(fixed)])
+
+
+def test_former_default_is_over_the_bound_at_d160():
+    """The check bites: the former one-size 64 x 64 x 4-warp config at D = 160 (BLOCK_D = 256), which
+    ptxas showed spilling kilobytes in all three kernels, is far over every bound."""
+    for kernel in ("fwd", "dkdv", "dq"):
+        assert footprint(kernel, 64, 64, 256, 4) > 2 * BOUND[kernel]
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("tiles", ["interpreter", "gpu-fixed"])
+def test_parity_d160(tiles, dtype, causal, gen, monkeypatch):
+    """D = 160 (BLOCK_D = 256, masked head-dim tail), with the interpreter's tiles and with the
+    tiles a GPU runs at D = 160 under PYGPT_TRITON_AUTOTUNE=0 (the _FIXED D > 128 configs), so the
+    small 8-warp / 16-key tiles chosen for the register bound are exercised too. T = 70: partial
+    query and key tiles in every kernel."""
+    from pygpt.triton import attention as ta
+
+    if tiles == "gpu-fixed":
+        if DEVICE == "cuda":
+            pytest.skip("on a GPU the regular tests run the configs already")
+        monkeypatch.setattr(ta, "_INTERPRET", False)  # pick the GPU table; Triton still interprets
+        monkeypatch.setattr(ta, "_AUTOTUNE", False)
+    q, k, v = (randn(1, 2, 70, 160, dtype=dtype, device=DEVICE, gen=gen) for _ in range(3))
+    check(q, k, v, causal, gen)
+
+
+_SPILL_SCRIPT = r"""
+import json, os, re, subprocess, sys, tempfile
+import triton
+from triton.compiler import ASTSource
+from triton.backends.compiler import GPUTarget
+from pygpt.triton import attention as ta
+fns = {"fwd": ta._attn_fwd, "dkdv": ta._attn_bwd_dkdv, "dq": ta._attn_bwd_dq}
+cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+out = []
+for kernel, arch, bd, bm, bn, w, st in json.loads(sys.argv[1]):
+    fn = fns[kernel]
+    sig = {}
+    for n in fn.arg_names:
+        if n in ("LSE", "DELTA"): sig[n] = "*fp32"
+        elif n in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV"): sig[n] = "*fp16"
+        elif n == "sm_scale": sig[n] = "fp32"
+        elif n in ("CAUSAL", "BLOCK_D", "PREC", "BLOCK_M", "BLOCK_N"): sig[n] = "constexpr"
+        else: sig[n] = "i32"
+    const = {"CAUSAL": True, "BLOCK_D": bd, "PREC": None, "BLOCK_M": bm, "BLOCK_N": bn}
+    src = ASTSource(fn=fn, signature=sig, constexprs={(fn.arg_names.index(k),): v for k, v in const.items()})
+    kern = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": w, "num_stages": st})
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kern.asm["cubin"]); f.flush()
+        res = subprocess.run([cuobjdump, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    m = re.search(r"REG:(\d+) STACK:(\d+)", res)
+    out.append([kernel, arch, bm, bn, w, st, int(m.group(1)), int(m.group(2))])
+print(json.dumps(out))
+"""
+
+
+def test_no_spills_at_d160_sm80_sm90():
+    """Compile (no GPU needed: triton.compile for a GPUTarget, then cuobjdump's resource usage) every
+    config a GPU can run at D = 160 -- the fixed one and the pruned autotune candidates of all three
+    kernels, fp16, causal -- for sm_80 and sm_90, and require 0 bytes of stack (= no spills)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import triton
+
+    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump").is_file():
+        pytest.skip("Triton's bundled cuobjdump not found")
+    jobs = set()
+    for kernel in ("fwd", "dkdv", "dq"):
+        bd, fixed, pruned = _configs_used(kernel, 160, True)
+        for c in [fixed, *pruned]:
+            for arch in (80, 90):
+                jobs.add((kernel, arch, bd, *_key(c)))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # real jit functions
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    r = subprocess.run([sys.executable, "-c", _SPILL_SCRIPT, json.dumps(sorted(jobs))], env=env,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    results = json.loads(r.stdout.strip().splitlines()[-1])
+    assert len(results) == len(jobs)
+    spilling = [x for x in results if x[7] != 0]
+    assert not spilling, f"(kernel, sm, BLOCK_M, BLOCK_N, warps, stages, registers, stack bytes): {spilling}"
