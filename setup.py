@@ -2,8 +2,10 @@
 
 Install (torch must already be installed, in the build you want):
 
+    make setup                              # .venv, torch, this build (see Makefile), or by hand:
     pip install torch                       # or the CUDA/CPU wheel of your choice
-    MAX_JOBS=2 pip install --no-build-isolation -e .
+    MAX_JOBS=2 pip install -e .             # builds against THAT torch (tools/pygpt_build.py),
+                                            # --no-build-isolation works too
 
 Environment switches:
     PYGPT_NO_EXT=1          skip the extension entirely (pure-Python install)
@@ -72,14 +74,8 @@ def _extension_kwargs():
         from torch.utils import cpp_extension
     except ImportError:
         sys.exit(
-            "pygpt: PyTorch is not importable, but it is needed to build the C++/CUDA "
-            "extension pygpt._C. Install the torch build you want first (e.g. "
-            "`pip install torch`, or the CUDA/CPU wheel from https://pytorch.org), then "
-            "install pygpt with `pip install --no-build-isolation -e .` -- the "
-            "--no-build-isolation flag matters: pip's default isolated build environment "
-            "hides the torch you installed, and torch is deliberately not a build "
-            "requirement (it would download a multi-GB wheel). To install only the "
-            "pure-Python package, set PYGPT_NO_EXT=1."
+            f"pygpt: torch is not importable by {sys.executable}: install torch first (`pip install torch`, "
+            "or `make setup`), then `pip install -e .` again (or PYGPT_NO_EXT=1 for the pure-Python package)"
         )
 
     torch_full = str(torch.__version__)

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import glob
+import os
+
 import torch  # noqa: F401  (loads libtorch before the extension needs its symbols)
+
+# How to (re)build the extension, for the messages below and pygpt.info's last line.
+REBUILD = "`make setup` in the checkout, or `pip install -e .` in this environment"
 
 try:
     from . import _C  # type: ignore[attr-defined]
@@ -11,13 +17,16 @@ try:
 except ImportError as e:  # not built (PYGPT_NO_EXT=1, or a source checkout) or built for another torch
     _C = None
     LOAD_ERROR = str(e)
+    if glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__)), "_C.*")):  # built, does not load
+        LOAD_ERROR = (f"pygpt._C is there but does not load ({e}); most likely it was built against another "
+                      f"torch than the installed {torch.__version__}: rebuild it with {REBUILD}")
 
 if _C is not None:
     _built = _C.build_info().get("torch")
     if _built != torch.__version__:
         # C++ ABI is not stable across torch releases: never run kernels built for another one
         LOAD_ERROR = (f"pygpt._C was built against torch {_built} but torch {torch.__version__} is installed; "
-                      "rebuild with pip install --no-build-isolation -e .")
+                      f"rebuild it with {REBUILD}")
         _C = None
 
 

@@ -4,7 +4,7 @@ inside a fixed time budget, and packs what it found into three files.
     python -m pygpt.gpucheck --budget 540 --out "$OUT"   # on a lent GPU machine: everything
     python -m pygpt.gpucheck --plan                      # the steps and their time estimates
     python -m pygpt.gpucheck --dry-run --budget 120      # the whole plan on the CPU (CI runs this)
-    python -m pygpt.gpucheck --readme                    # README's GPU section from bench/results
+    python -m pygpt.gpucheck --readme                    # docs/results.md's GPU section from bench/results
 
 Steps, in this order, each a subprocess whose output streams to its own log:
   build        pip install --no-build-isolation --no-deps -e .  for this GPU's architecture only
@@ -507,8 +507,8 @@ def _load_json(path):
         return None
 
 
-def update_readme(results_dir, readme=os.path.join(ROOT, "README.md")) -> str:
-    """Rewrite README's GPU section (between the gpu-results markers) from the newest check."""
+def update_readme(results_dir, readme=os.path.join(ROOT, "docs", "results.md")) -> str:
+    """Rewrite the GPU section of docs/results.md (between the gpu-results markers) from the newest check."""
     path, summary = newest_summary(results_dir)
     if summary is None:
         body = ("**Unmeasured.** No GPU has run `python -m pygpt.gpucheck` on this code yet: every CUDA and "
@@ -590,7 +590,7 @@ def build_parser() -> Parser:
     p.add_argument("--sanitizer", default=None, help="compute-sanitizer binary (default: $CUDA_HOME/bin or PATH)")
     p.add_argument("--plan", action="store_true", help="print the steps with their time estimates and exit")
     p.add_argument("--dry-run", action="store_true", help="run the plan on the CPU with stand-ins (no GPU needed)")
-    p.add_argument("--readme", action="store_true", help="regenerate README's GPU section and exit")
+    p.add_argument("--readme", action="store_true", help="regenerate the GPU section of docs/results.md and exit")
     p.add_argument("--payload", default=None, help=argparse.SUPPRESS)  # the sanitizer steps' small calls
     p.add_argument("--payload-device", default="cuda", help=argparse.SUPPRESS)
     return p
@@ -623,7 +623,7 @@ def main(argv=None) -> int:
         return 0
     out = args.out or os.environ.get("OUT") or os.path.join(ROOT, "bench", "results")
     if args.readme:
-        print(f"README GPU section from {update_readme(args.out or os.path.join(ROOT, 'bench', 'results'))}")
+        print(f"docs/results.md GPU section from {update_readme(args.out or os.path.join(ROOT, 'bench', 'results'))}")
         return 0
     if not (args.budget > RESERVE_S + 5):
         raise ValueError(f"--budget must be more than {RESERVE_S + 5} seconds, got {args.budget}")

@@ -87,7 +87,29 @@ def report(info: dict | None = None) -> str:
             for b, why in per_backend.items():
                 if why is not None and b in ops.FUSED:
                     lines.append(f"  {'':<11}   {b}: {why}")
+    lines.append(next_step(info))
     return "\n".join(lines)
+
+
+def next_step(info: dict) -> str:
+    """The report's last line: what to run next (build missing, CUDA present but not built, all good)."""
+    ext = info["extension"]
+    if ext is None:
+        err = info["extension_error"] or ""
+        if err.startswith("pygpt._C is there but") or "was built against torch" in err:
+            return f"next: rebuild the kernels for torch {info['torch']}: {_ext.REBUILD}"
+        return f"next: build the kernels (pygpt._C is not built; pure-PyTorch backends only): {_ext.REBUILD}"
+    if info["cuda_available"] and not ext["cuda"]:
+        if not info["torch_cuda"]:
+            why = "torch has no CUDA: install a CUDA build of torch (make setup TORCH=cuda)"
+        elif not info["nvcc"]:
+            why = "nvcc was not found: set CUDA_HOME to the CUDA toolkit"
+        else:
+            why = "it was built CPU-only (PYGPT_NO_CUDA=1?)"
+        return (f"next: a GPU is visible but pygpt._C has no CUDA kernels ({why}), then rebuild: "
+                f"{_ext.REBUILD}")
+    dev = "--device cuda" if info["cuda_available"] else "--device cpu"
+    return f"next: all good: `make train` (or python -m pygpt.train --fused {dev}), `make test`"
 
 
 def main(argv=None) -> int:

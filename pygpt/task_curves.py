@@ -1,23 +1,38 @@
-"""Compare task runs: python -m pygpt.task_curves RUN_DIR... --out DIR [--title T].
+"""Compare task runs: python -m pygpt.task_curves RUN_DIR_OR_LOGS... --out DIR [--title T].
 
-Reads each run's log.jsonl (written by python -m pygpt.train --task ...) and writes to DIR:
+Reads each run's log.jsonl (written by python -m pygpt.train --task ...), or every <run>.log.jsonl
+in a logs.tar.gz this command wrote (so a report regenerates from its own archive), and writes to DIR:
   curves.png   exact match on the held-out problems against the iteration, one line per run
                (one panel per operator for calculator runs; runs named <name>-s<seed> share a colour)
   table.md     per run: the first iteration (and its wall time) at >= 99 % and at 100 %, the best
                and the final exact match
-  summary.json the same numbers, and a copy of every run's log as <run>.log.jsonl
+  summary.json the same numbers, each run's own summary.json as <run>.summary.json when it has one
+  logs.tar.gz  every run's log, as <run>.log.jsonl (one compressed file: the raw logs are
+               thousands of lines)
 A run's name is its folder's name. Existing files in DIR are never overwritten (DIR must be new or empty).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import shutil
 import sys
+import tarfile
 
 from ._cli import Parser, run
+
+
+LOG_SUFFIX = ".log.jsonl"
+
+
+def _evals(lines, where: str) -> list[dict]:
+    evals = [e for e in map(json.loads, lines) if "exact_match" in e]
+    if not evals:
+        raise ValueError(f"{where} has no exact-match evaluations: was it a --task run?")
+    return evals
 
 
 def read_evals(run_dir: str) -> list[dict]:
@@ -25,10 +40,30 @@ def read_evals(run_dir: str) -> list[dict]:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} does not exist: is {run_dir} a run folder of python -m pygpt.train --task?")
     with open(path, encoding="utf-8") as f:
-        evals = [e for e in map(json.loads, f) if "exact_match" in e]
-    if not evals:
-        raise ValueError(f"{path} has no exact-match evaluations: was it a --task run?")
-    return evals
+        return _evals(f, path)
+
+
+def read_logs(source: str) -> dict[str, bytes]:
+    """{run name: raw log.jsonl bytes} of a run folder, or of every run in a logs.tar.gz."""
+    if os.path.isfile(source) and source.endswith(".tar.gz"):
+        with tarfile.open(source, "r:gz") as tar:
+            logs = {m.name[:-len(LOG_SUFFIX)]: tar.extractfile(m).read()
+                    for m in tar.getmembers() if m.isfile() and m.name.endswith(LOG_SUFFIX)}
+        if not logs:
+            raise ValueError(f"{source} holds no <run>{LOG_SUFFIX} files")
+        return logs
+    read_evals(source)  # the folder's checks and messages
+    with open(os.path.join(source, "log.jsonl"), "rb") as f:
+        return {os.path.basename(os.path.normpath(source)): f.read()}
+
+
+def write_logs(logs: dict[str, bytes], path: str) -> None:
+    """One gzip'd tar of <run>.log.jsonl members, in run order, with fixed metadata (reproducible)."""
+    with tarfile.open(path, "w:gz", compresslevel=9) as tar:
+        for name, raw in logs.items():
+            info = tarfile.TarInfo(name + LOG_SUFFIX)
+            info.size, info.mtime, info.mode = len(raw), 0, 0o644
+            tar.addfile(info, io.BytesIO(raw))
 
 
 def first_at(evals: list[dict], level: float, key=lambda e: e["exact_match"]):
@@ -100,25 +135,29 @@ def plot(runs: dict, path: str, title: str) -> None:
 
 def main(argv=None) -> int:
     p = Parser(prog="python -m pygpt.task_curves", description=__doc__.split("\n")[0])
-    p.add_argument("runs", nargs="+", help="run folders of python -m pygpt.train --task ...")
+    p.add_argument("runs", nargs="+", help="run folders of python -m pygpt.train --task ..., or logs.tar.gz "
+                   "files written by this command")
     p.add_argument("--out", required=True, help="a new (or empty) folder for curves.png, table.md, summary.json")
     p.add_argument("--title", default="exact match")
     args = p.parse_args(argv)
-    runs = {}
+    runs, logs, summaries = {}, {}, {}
     for d in args.runs:
-        name = os.path.basename(os.path.normpath(d))
-        if name in runs:
-            raise ValueError(f"two runs are named {name!r}: run folders need distinct names")
-        runs[name] = read_evals(d)
+        for name, raw in read_logs(d).items():
+            if name in runs:
+                raise ValueError(f"two runs are named {name!r}: run folders need distinct names")
+            logs[name] = raw
+            runs[name] = _evals(raw.decode("utf-8").splitlines(), f"{d}: {name}")
+            if os.path.isdir(d) and os.path.exists(os.path.join(d, "summary.json")):
+                summaries[name] = os.path.join(d, "summary.json")
+            elif os.path.isfile(d) and os.path.exists(os.path.join(os.path.dirname(d), f"{name}.summary.json")):
+                summaries[name] = os.path.join(os.path.dirname(d), f"{name}.summary.json")
     if os.path.exists(args.out) and os.listdir(args.out):
         raise FileExistsError(f"{args.out} is not empty: pick a new --out folder")
     os.makedirs(args.out, exist_ok=True)
     rows = [summarize(n, ev) for n, ev in runs.items()]
-    for d in args.runs:
-        name = os.path.basename(os.path.normpath(d))
-        shutil.copyfile(os.path.join(d, "log.jsonl"), os.path.join(args.out, f"{name}.log.jsonl"))
-        if os.path.exists(os.path.join(d, "summary.json")):
-            shutil.copyfile(os.path.join(d, "summary.json"), os.path.join(args.out, f"{name}.summary.json"))
+    write_logs(logs, os.path.join(args.out, "logs.tar.gz"))
+    for name, path in summaries.items():
+        shutil.copyfile(path, os.path.join(args.out, f"{name}.summary.json"))
     with open(os.path.join(args.out, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(rows, f, indent=1)
     md = table(rows)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -251,8 +252,16 @@ def test_task_curves_report(tmp_path):
     r = pygpt("pygpt.task_curves", *runs, "--out", str(out))
     assert "| fast | 200 (20 s) | 300 (30 s) | 1.0000 | 1.0000 (300) |" in r.stdout
     assert "| slow | — | — | 0.9800 | 0.9800 (300) |" in r.stdout
-    assert sorted(os.listdir(out)) == ["curves.png", "fast.log.jsonl", "slow.log.jsonl", "summary.json", "table.md"]
+    assert sorted(os.listdir(out)) == ["curves.png", "logs.tar.gz", "summary.json", "table.md"]
     assert json.load(open(out / "summary.json"))[0]["iter_99"] == 200
+    with tarfile.open(out / "logs.tar.gz") as tar:  # the raw logs, byte for byte, in one archive
+        assert tar.getnames() == ["fast.log.jsonl", "slow.log.jsonl"]
+        assert tar.extractfile("fast.log.jsonl").read() == (tmp_path / "fast" / "log.jsonl").read_bytes()
+    # the report regenerates from its own archive: the same table
+    again = tmp_path / "again"
+    r2 = pygpt("pygpt.task_curves", str(out / "logs.tar.gz"), "--out", str(again))
+    assert r2.stdout == r.stdout
+    assert (again / "table.md").read_text() == (out / "table.md").read_text()
     one_line_error(pygpt("pygpt.task_curves", *runs, "--out", str(out), check=False), "not empty")
     one_line_error(pygpt("pygpt.task_curves", str(tmp_path / "nope"), "--out", str(tmp_path / "r2"), check=False),
                    "log.jsonl does not exist")
