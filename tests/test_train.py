@@ -110,7 +110,9 @@ def _start(data_dir, out, *extra):
 def test_kill_9_then_resume(data_dir, tmp_path):
     out = tmp_path / "k"
     proc = _start(data_dir, out, "--max-iters", "100000", "--eval-interval", "10")
-    _wait_for_eval(out, 20, proc)
+    # the trainer logs an eval, then saves: once eval 30 is logged, checkpoint 20 is complete (and 30
+    # may be half-written when the kill lands)
+    _wait_for_eval(out, 30, proc)
     proc.kill()  # SIGKILL: no handler runs, possibly in the middle of writing a checkpoint
     proc.wait()
     state = torch.load(out / "ckpt.pt", weights_only=True)  # intact: written to a temp file, then renamed
